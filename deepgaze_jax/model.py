@@ -134,20 +134,24 @@ class DeepGaze:
         readout = head_params["readout"]
         for i in range(len(self.readout_channels)):
             layer = readout[f"conv{i}"]
-            x = jnp.einsum("bhwc,cd->bhwd", x, layer["kernel"][0, 0], precision=jax.lax.Precision.HIGHEST)
+            # The kernel enters as its (out, in) transpose behind a barrier: the gradient of the wide
+            # first layer is then the dot (out, in) = g^T x, which XLA:CPU computes ~5x faster than
+            # the (in, out) form it would otherwise fold the transpose into.
+            kernel_t = jax.lax.optimization_barrier(layer["kernel"][0, 0].T)
+            x = jnp.einsum("bhwc,dc->bhwd", x, kernel_t, precision=jax.lax.Precision.HIGHEST)
             if "bias" in layer:
                 x = x + layer["bias"]
             if i < len(self.readout_channels) - 1:
                 x = jax.nn.relu(x)
-        x = resize_nearest(x[..., 0], self.readout_shape(*centerbias.shape[-2:]), axes=(-2, -1))
         fin = head_params["finalizer"]
         return saliency_grid(
-            x,
+            x[..., 0],
             centerbias.astype(jnp.float32),
             fin["sigma"],
             fin["center_bias_weight"],
             self.saliency_map_factor,
             self.max_blur_radius,
+            readout_shape=self.readout_shape(*centerbias.shape[-2:]),
         )
 
     @functools.partial(jax.jit, static_argnums=0)

@@ -10,7 +10,7 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
-from deepgaze_jax.finalizer import blur_matrix, gaussian_blur
+from deepgaze_jax.finalizer import blur_matrix, gaussian_blur, saliency_grid
 from deepgaze_jax.resize import downscale_nearest, nearest_indices, resize_nearest
 from tests.torch_reference import gaussian_blur as torch_blur
 
@@ -82,3 +82,34 @@ def test_blur_preserves_constants_and_is_differentiable_in_sigma():
     x = jnp.asarray(np.random.RandomState(2).randn(20, 20), jnp.float32)
     grad = jax.grad(lambda s: gaussian_blur(x, s, 16)[5, 5])(jnp.float32(2.0))
     assert np.isfinite(grad) and grad != 0
+
+
+@pytest.mark.parametrize(("small", "size"), [((6, 8), (48, 64)), ((7, 5), (30, 41)), ((24, 32), (20, 30))])
+@pytest.mark.parametrize("sigma", [0.7, 4.0, 11.0])
+def test_upsampling_folded_into_the_blur_equals_upsampling_then_blurring(small, size, sigma):
+    x = jnp.asarray(np.random.RandomState(3).randn(2, *small), jnp.float32)
+    upsampled = resize_nearest(x, size, axes=(-2, -1))
+    expected = gaussian_blur(upsampled, jnp.float32(sigma), max_radius=40)
+    ours = gaussian_blur(x, jnp.float32(sigma), max_radius=40, size=size)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), atol=2e-6)
+    scipy_radius = math.ceil(3 * sigma)
+    reference = scipy.ndimage.gaussian_filter(np.asarray(upsampled, np.float64), sigma=(0, sigma, sigma),
+                                              mode="nearest", truncate=scipy_radius / sigma)
+    np.testing.assert_allclose(np.asarray(ours), reference, atol=2e-5)
+
+
+def test_saliency_grid_folds_both_readout_resizes_like_the_reference():
+    """The readout goes features grid -> readout grid -> saliency grid, two nearest resizes."""
+    rng = np.random.RandomState(4)
+    readout = jnp.asarray(rng.randn(1, 5, 7), jnp.float32)
+    centerbias = jnp.asarray(rng.randn(1, 75, 101), jnp.float32)
+    sigma, weight = jnp.float32(2.5), jnp.float32(0.7)
+    ours = saliency_grid(readout, centerbias, sigma, weight, 2, 20, readout_shape=(10, 13))
+    staged = resize_nearest(resize_nearest(readout, (10, 13), axes=(-2, -1)), (37, 50), axes=(-2, -1))
+    expected = saliency_grid(staged, centerbias, sigma, weight, 2, 20)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), atol=2e-5)
+
+
+def test_blur_matrix_rejects_indices_outside_the_source():
+    with pytest.raises(ValueError, match="source_index"):
+        blur_matrix(10, jnp.float32(1.0), 4, np.arange(10), source_length=5)
