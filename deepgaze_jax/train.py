@@ -56,6 +56,8 @@ class TrainConfig:
       batch_size: images per step (global, over all devices).
       seed: seed of the head initialisation and the data order.
       feature_dtype: dtype of the cached features (``"float32"`` or ``"bfloat16"``).
+      weight_decay: decoupled weight decay (AdamW, scaled by the learning rate) of the readout
+        kernels; biases, sigma and the center-bias weight are not decayed.
     """
 
     model: str = "deepgaze1"
@@ -68,6 +70,7 @@ class TrainConfig:
     batch_size: int = 4
     seed: int = 0
     feature_dtype: str = "float32"
+    weight_decay: float = 0.0
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -79,6 +82,8 @@ class TrainConfig:
         for name in ("max_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"config: weight_decay must be >= 0, got {self.weight_decay}")
         if self.learning_rate <= 0:
             raise ValueError(f"config: learning_rate must be > 0, got {self.learning_rate}")
 
@@ -279,7 +284,11 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
         lr = optax.cosine_decay_schedule(config.learning_rate, config.max_epochs * steps_per_epoch)
     else:
         lr = config.learning_rate
-    return optax.adam(lr)
+    if config.weight_decay == 0:
+        return optax.adam(lr)
+    kernels_only = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
+        lambda path, _: path[-1] == jax.tree_util.DictKey("kernel"), params)
+    return optax.adamw(lr, weight_decay=config.weight_decay, mask=kernels_only)
 
 
 class Trainer:

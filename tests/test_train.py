@@ -164,3 +164,22 @@ def test_bad_configs_and_data_are_refused_before_compute(data):
     with pytest.raises(ValueError, match="outside"):
         T.FixationSet(fixations.features[:1], [(10, 10)], [np.array([12.0], np.float32)],
                       [np.array([1.0], np.float32)], 16)
+
+
+def test_weight_decay_shrinks_only_the_readout_kernels():
+    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+        T.TrainConfig.from_dict({"weight_decay": -1.0})
+    head = deepgaze1().init_head(jax.random.PRNGKey(0))
+    head["readout"]["conv0"]["bias"] = jnp.ones((1,))  # a bias, to show it is left alone
+    config = T.TrainConfig(learning_rate=0.1, schedule="constant", weight_decay=0.5)
+    optimizer = T.make_optimizer(config, steps_per_epoch=1)
+    zeros = jax.tree.map(jnp.zeros_like, head)
+    updates, _ = optimizer.update(zeros, optimizer.init(head), head)
+    new = jax.tree.map(lambda p, u: p + u, head, updates)
+    kernel = head["readout"]["conv0"]["kernel"]
+    np.testing.assert_allclose(new["readout"]["conv0"]["kernel"], kernel * (1 - 0.1 * 0.5), rtol=1e-6)
+    for path in [("readout", "conv0", "bias"), ("finalizer", "sigma"), ("finalizer", "center_bias_weight")]:
+        old, updated = head, new
+        for key in path:
+            old, updated = old[key], updated[key]
+        np.testing.assert_array_equal(updated, old)
