@@ -11,13 +11,17 @@ Sections (each for DeepGaze I (AlexNet) and DeepGaze II (VGG-19, random weights)
   channels_last, eager and ``torch.compile``, float32 and bfloat16 (``torch.autocast`` on the backbone).
 - ``head``: everything after the backbone (readout, resizes, blur, center bias, logsumexp), float32.
 - ``train_cached``: one Adam step on the readout from precomputed features (ours: the
-  ``deepgaze_jax.train.Trainer`` step; PyTorch: forward, backward, ``torch.optim.Adam`` step).
-- ``train_uncached``: the same step with the frozen backbone's forward pass included.
+  ``deepgaze_jax.train.Trainer`` step; PyTorch: forward, backward, ``torch.optim.Adam`` step), float32.
+- ``train_uncached``: the same step with the frozen backbone's forward pass included (ours: one jit of
+  ``DeepGaze.features`` and the Trainer step), float32; batch 8 on a CPU (the backbone at batch 1 is in
+  ``inference``).
 
 Timing: every configuration is compiled (JAX ahead of time; ``torch.compile`` by its first call) and run
-once more before timing (warm-up, excluded); then the configurations of one (section, model, batch)
-group run interleaved, round after round (the order rotating each round), and each row reports the
-median and the spread (quartiles, min, max) of its rounds. Inputs are deterministic (seeded). Model
+once before timing (warm-up, excluded; ``torch.compile``'s compiling call is that run in groups whose
+calls take over ``--heavy-seconds``); then the configurations of one (section, model, batch) group run
+interleaved, round after round (the order rotating each round), at least ``--min-rounds`` rounds and
+more where calls are short (``--target-seconds``), and each row reports the median and the spread
+(quartiles, min, max) of its rounds. Inputs are deterministic (seeded). Model
 FLOPs are counted analytically per layer (:func:`model_flops`), checked against XLA's
 ``cost_analysis``; the peak of the machine is estimated from its cores, clock and vector units
 (:func:`cpu_peak`), the assumptions written into the results. Every configuration runs in
@@ -70,12 +74,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device-kind", default=None, help="label of the machine in the results")
     parser.add_argument("--size", default=None, help="image HxW (default 768x1024; --quick 192x256)")
     parser.add_argument("--batches", default=None, help="comma-separated (default CPU 1,8; GPU 1,8,32; --quick 1)")
+    parser.add_argument("--train-uncached-batches", default=None,
+                        help="batches of the train_uncached section (default CPU 8, GPU 8,32; --quick 1)")
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU cores for both frameworks (process affinity + torch threads); default all")
     parser.add_argument("--min-rounds", type=int, default=None, help="timed rounds at least (default 3; --quick 2)")
     parser.add_argument("--max-rounds", type=int, default=20)
+    parser.add_argument("--heavy-seconds", type=float, default=2.0,
+                        help="in groups whose calls take longer, torch.compile's compiling call is its only "
+                             "warm-up (otherwise one more call)")
     parser.add_argument("--target-seconds", type=float, default=None,
                         help="timed seconds per configuration that set the rounds of a group "
                              "(default CPU 8, GPU 5; --quick 0)")
@@ -421,7 +430,7 @@ class Frameworks:
 
     def cases(self, section: str, model: str, batch: int) -> list[Case]:
         """Ours first, then PyTorch; the configurations of the issue (head: float32 only)."""
-        dtypes = ("float32",) if section == "head" else ("float32", "bfloat16")
+        dtypes = ("float32", "bfloat16") if section == "inference" else ("float32",)
         out = []
         for dtype in dtypes:
             out.append(Case(section, model, "ours", "jit", dtype, batch))
@@ -447,10 +456,13 @@ def run_group(fw: Frameworks, section: str, model: str, batch: int, args, log) -
     for case in cases:
         try:
             case.run = (fw.ours if case.framework == "ours" else fw.pytorch)(case, data)
-            if case.framework == "pytorch" and case.mode == "compile":
+            if case.mode == "compile":
                 first = time.perf_counter()
-                case.run()  # torch.compile compiles on the first call
+                case.run()  # torch.compile compiles on the first call, which is its warm-up
                 case.compile_s = time.perf_counter() - first
+                estimate = max((c.warmup_s[-1] for c in cases if c.warmup_s), default=0.0)
+                if estimate > args.heavy_seconds:
+                    continue
             t = time.perf_counter()
             case.run()
             case.warmup_s.append(time.perf_counter() - t)
@@ -462,7 +474,7 @@ def run_group(fw: Frameworks, section: str, model: str, batch: int, args, log) -
     alive = [c for c in cases if c.run is not None]
     if not alive:
         return cases
-    slowest = max(c.warmup_s[-1] for c in alive)
+    slowest = max((c.warmup_s[-1] for c in alive if c.warmup_s), default=0.0)
     rounds = args.min_rounds if slowest <= 0 else int(round(args.target_seconds / slowest))
     rounds = max(args.min_rounds, min(args.max_rounds, rounds))
     log(f"  {section} {model} batch {batch}: {len(alive)} configurations, {rounds} rounds of <= {slowest:.3f} s")
@@ -666,6 +678,8 @@ def main(argv=None) -> int:
     height, width = (int(v) for v in size.lower().split("x"))
     default_batches = "1" if args.quick else ("1,8,32" if device == "gpu" else "1,8")
     batches = [int(b) for b in (args.batches or default_batches).split(",")]
+    default_uncached = "1" if args.quick else ("8,32" if device == "gpu" else "8")
+    uncached_batches = [int(b) for b in (args.train_uncached_batches or default_uncached).split(",")]
     args.min_rounds = args.min_rounds or (2 if args.quick else 3)
     if args.target_seconds is None:
         args.target_seconds = 0.0 if args.quick else (5.0 if device == "gpu" else 8.0)
@@ -703,7 +717,8 @@ def main(argv=None) -> int:
                     "torch_matmul_tf32": torch.backends.cuda.matmul.allow_tf32},
         "threads": (f"{threads} cores (process affinity); torch.set_num_threads({threads}); XLA:CPU sizes its "
                     "intra-op pool from the cores it may use" if device == "cpu" else "GPU"),
-        "height": height, "width": width, "batches": batches, "quick": args.quick,
+        "height": height, "width": width, "batches": batches,
+        "train_uncached_batches": uncached_batches, "quick": args.quick,
         "rounds": {"min": args.min_rounds, "max": args.max_rounds, "target_seconds": args.target_seconds},
         "peak": {k: v for k, v in peak.items() if k != "float32_key"},
         "flops_per_image": {}, "parity": {}, "rows": [],
@@ -722,7 +737,7 @@ def main(argv=None) -> int:
 
     for section in sections:
         for m in models:
-            for batch in batches:
+            for batch in uncached_batches if section == "train_uncached" else batches:
                 log(f"{section} {m} batch {batch} ...")
                 cases = run_group(fw, section, m, batch, args, log)
                 for case in cases:
