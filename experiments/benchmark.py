@@ -13,8 +13,8 @@ Sections (each for DeepGaze I (AlexNet) and DeepGaze II (VGG-19, random weights)
 - ``train_cached``: one Adam step on the readout from precomputed features (ours: the
   ``deepgaze_jax.train.Trainer`` step; PyTorch: forward, backward, ``torch.optim.Adam`` step), float32.
 - ``train_uncached``: the same step with the frozen backbone's forward pass included (ours: one jit of
-  ``DeepGaze.features`` and the Trainer step), float32; batch 8 on a CPU (the backbone at batch 1 is in
-  ``inference``).
+  ``DeepGaze.features`` and the Trainer step), float32; batch 1 only on a CPU by default (batch 8 of
+  VGG-19 costs minutes there, and its backbone at batch 8 is timed in ``inference``).
 
 Timing: every configuration is compiled (JAX ahead of time; ``torch.compile`` by its first call) and run
 once before timing (warm-up, excluded; ``torch.compile``'s compiling call is that run in groups whose
@@ -75,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", default=None, help="image HxW (default 768x1024; --quick 192x256)")
     parser.add_argument("--batches", default=None, help="comma-separated (default CPU 1,8; GPU 1,8,32; --quick 1)")
     parser.add_argument("--train-uncached-batches", default=None,
-                        help="batches of the train_uncached section (default CPU 8, GPU 8,32; --quick 1)")
+                        help="batches of the train_uncached section (default CPU 1: its batch 8 adds ~4 min of "
+                             "VGG-19 forward passes that inference already times; GPU 1,8,32)")
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--threads", type=int, default=None,
@@ -88,6 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--target-seconds", type=float, default=None,
                         help="timed seconds per configuration that set the rounds of a group "
                              "(default CPU 8, GPU 5; --quick 0)")
+    parser.add_argument("--clock-ghz", type=float, default=None,
+                        help="CPU clock for the peak (default: /proc/cpuinfo's, which ignores boost)")
     parser.add_argument("--fixations", type=int, default=128, help="fixations per image in the training steps")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--markdown", type=pathlib.Path, default=None,
@@ -120,7 +123,7 @@ def cpu_info() -> dict:
     return info
 
 
-def cpu_peak(cores: int) -> dict:
+def cpu_peak(cores: int, clock_ghz: float | None = None) -> dict:
     """Peak FLOP/s of ``cores`` cores: cores x clock x FLOPs per cycle, with the assumption in words.
 
     FLOPs per cycle from the vector flags: two FMA pipes of the widest vector a core executes at full
@@ -128,7 +131,7 @@ def cpu_peak(cores: int) -> dict:
     AVX-512 on 256-bit pipes, so 32; AMD Zen 5 (family 26) 64; Intel with AVX-512 64 (two 512-bit FMA
     units; parts with one have half); AVX2+FMA 32. bfloat16: twice float32 where ``avx512_bf16``
     (VDPBF16PS: two products per float32 lane) is present, else the float32 peak. The clock is
-    /proc/cpuinfo's (the nominal one on a VM; boost ignored).
+    ``clock_ghz`` or /proc/cpuinfo's (on a VM the nominal one: cores that boost beat this peak).
     """
     info = cpu_info()
     flags, vendor, family = info["flags"], info["vendor"], info["family"]
@@ -142,7 +145,8 @@ def cpu_peak(cores: int) -> dict:
         per_cycle, why = 16, "AVX without FMA"
     else:
         per_cycle, why = 8, "SSE"
-    ghz = (info["mhz"] or 0.0) / 1000.0
+    ghz = clock_ghz or (info["mhz"] or 0.0) / 1000.0
+    clock_source = "given" if clock_ghz else "/proc/cpuinfo, boost not counted"
     fp32 = cores * ghz * 1e9 * per_cycle
     bf16_factor = 2 if "avx512_bf16" in flags else 1
     return {
@@ -155,7 +159,7 @@ def cpu_peak(cores: int) -> dict:
         "fp32_flops_per_cycle": per_cycle,
         "float32": fp32,
         "bfloat16": fp32 * bf16_factor,
-        "assumption": (f"{cores} cores x {ghz:.3f} GHz (/proc/cpuinfo, no boost) x {per_cycle} float32 "
+        "assumption": (f"{cores} cores x {ghz:.3f} GHz ({clock_source}) x {per_cycle} float32 "
                        f"FLOP/cycle ({why}; 2 FLOPs per FMA lane); bfloat16 peak = {bf16_factor} x float32"
                        + (" (avx512_bf16: VDPBF16PS at the FMA rate assumed)" if bf16_factor == 2 else "")),
     }
@@ -660,6 +664,10 @@ def main(argv=None) -> int:
     wall = time.perf_counter()
     threads = pin_cores(args.threads)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # both frameworks share the GPU: JAX must not take 75 % of its memory up front
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if args.device == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
     import torch
 
@@ -672,13 +680,11 @@ def main(argv=None) -> int:
     if device == "gpu" and not has_gpu:
         log("--device gpu: no GPU visible to both JAX and PyTorch")
         return 2
-    if device == "cpu":
-        jax.config.update("jax_platforms", "cpu")
     size = args.size or ("192x256" if args.quick else "768x1024")
     height, width = (int(v) for v in size.lower().split("x"))
     default_batches = "1" if args.quick else ("1,8,32" if device == "gpu" else "1,8")
     batches = [int(b) for b in (args.batches or default_batches).split(",")]
-    default_uncached = "1" if args.quick else ("8,32" if device == "gpu" else "8")
+    default_uncached = "1" if args.quick else ("1,8,32" if device == "gpu" else "1")
     uncached_batches = [int(b) for b in (args.train_uncached_batches or default_uncached).split(",")]
     args.min_rounds = args.min_rounds or (2 if args.quick else 3)
     if args.target_seconds is None:
@@ -695,7 +701,7 @@ def main(argv=None) -> int:
         peak = gpu_peak(name)
         peak["float32_key"] = "tf32"
     else:
-        peak = cpu_peak(threads)
+        peak = cpu_peak(threads, args.clock_ghz)
         name = peak["cpu"]
     out = args.out or REPO / "experiments" / "results" / (
         ("benchmark_quick" if args.quick else "benchmark") + ("_gpu" if device == "gpu" else "") + ".json")
@@ -748,6 +754,8 @@ def main(argv=None) -> int:
                             f"[{r['min_s'] * 1e3:.1f}, {r['max_s'] * 1e3:.1f}] x{r['rounds']}")
                 torch._dynamo.reset()
                 gc.collect()
+                if device == "gpu":
+                    torch.cuda.empty_cache()
                 results["wall_s"] = time.perf_counter() - wall
                 write_json(out, results)
 
