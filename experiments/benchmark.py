@@ -13,8 +13,7 @@ Sections (each for DeepGaze I (AlexNet) and DeepGaze II (VGG-19, random weights)
 - ``train_cached``: one Adam step on the readout from precomputed features (ours: the
   ``deepgaze_jax.train.Trainer`` step; PyTorch: forward, backward, ``torch.optim.Adam`` step), float32.
 - ``train_uncached``: the same step with the frozen backbone's forward pass included (ours: one jit of
-  ``DeepGaze.features`` and the Trainer step), float32; batch 1 only on a CPU by default (batch 8 of
-  VGG-19 costs minutes there, and its backbone at batch 8 is timed in ``inference``).
+  ``DeepGaze.features`` and the Trainer step), float32.
 
 Timing: every configuration is compiled (JAX ahead of time; ``torch.compile`` by its first call) and run
 once before timing (warm-up, excluded; ``torch.compile``'s compiling call is that run in groups whose
@@ -75,8 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", default=None, help="image HxW (default 768x1024; --quick 192x256)")
     parser.add_argument("--batches", default=None, help="comma-separated (default CPU 1,8; GPU 1,8,32; --quick 1)")
     parser.add_argument("--train-uncached-batches", default=None,
-                        help="batches of the train_uncached section (default CPU 1: its batch 8 adds ~4 min of "
-                             "VGG-19 forward passes that inference already times; GPU 1,8,32)")
+                        help="batches of the train_uncached section (default as --batches; on a CPU, '1' saves "
+                             "2-4 min of VGG-19 forward passes at batch 8)")
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--threads", type=int, default=None,
@@ -90,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="timed seconds per configuration that set the rounds of a group "
                              "(default CPU 8, GPU 5; --quick 0)")
     parser.add_argument("--clock-ghz", type=float, default=None,
-                        help="CPU clock for the peak (default: /proc/cpuinfo's, which ignores boost)")
+                        help="CPU clock for the peak (default: measured, else /proc/cpuinfo's)")
     parser.add_argument("--fixations", type=int, default=128, help="fixations per image in the training steps")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--markdown", type=pathlib.Path, default=None,
@@ -131,7 +130,8 @@ def cpu_peak(cores: int, clock_ghz: float | None = None) -> dict:
     AVX-512 on 256-bit pipes, so 32; AMD Zen 5 (family 26) 64; Intel with AVX-512 64 (two 512-bit FMA
     units; parts with one have half); AVX2+FMA 32. bfloat16: twice float32 where ``avx512_bf16``
     (VDPBF16PS: two products per float32 lane) is present, else the float32 peak. The clock is
-    ``clock_ghz`` or /proc/cpuinfo's (on a VM the nominal one: cores that boost beat this peak).
+    ``clock_ghz``, else measured (:func:`measure_clock_ghz`), else /proc/cpuinfo's (on a VM the nominal
+    one, which cores that boost beat).
     """
     info = cpu_info()
     flags, vendor, family = info["flags"], info["vendor"], info["family"]
@@ -145,8 +145,14 @@ def cpu_peak(cores: int, clock_ghz: float | None = None) -> dict:
         per_cycle, why = 16, "AVX without FMA"
     else:
         per_cycle, why = 8, "SSE"
-    ghz = clock_ghz or (info["mhz"] or 0.0) / 1000.0
-    clock_source = "given" if clock_ghz else "/proc/cpuinfo, boost not counted"
+    measured = None if clock_ghz else measure_clock_ghz(cores)
+    if clock_ghz:
+        ghz, clock_source = clock_ghz, "given"
+    elif measured:
+        ghz, clock_source = measured, (f"measured: dependent adds on all cores at once, boost included; "
+                                       f"/proc/cpuinfo says {(info['mhz'] or 0) / 1000:.3f}")
+    else:
+        ghz, clock_source = (info["mhz"] or 0.0) / 1000.0, "/proc/cpuinfo, boost not counted"
     fp32 = cores * ghz * 1e9 * per_cycle
     bf16_factor = 2 if "avx512_bf16" in flags else 1
     return {
@@ -156,6 +162,7 @@ def cpu_peak(cores: int, clock_ghz: float | None = None) -> dict:
         "model": info.get("model"),
         "cores": cores,
         "ghz": ghz,
+        "cpuinfo_ghz": (info["mhz"] or 0.0) / 1000.0,
         "fp32_flops_per_cycle": per_cycle,
         "float32": fp32,
         "bfloat16": fp32 * bf16_factor,
@@ -163,6 +170,54 @@ def cpu_peak(cores: int, clock_ghz: float | None = None) -> dict:
                        f"FLOP/cycle ({why}; 2 FLOPs per FMA lane); bfloat16 peak = {bf16_factor} x float32"
                        + (" (avx512_bf16: VDPBF16PS at the FMA rate assumed)" if bf16_factor == 2 else "")),
     }
+
+
+CLOCK_PROBE = r"""
+#include <stdio.h>
+#include <time.h>
+int main(void) {  /* dependent adds, one per cycle: adds per second of CPU time = the running clock */
+  const unsigned long n = 400000000UL;
+  double best = 0;
+  for (int r = 0; r < 5; r++) {
+    struct timespec a, b;
+    unsigned long x = 0;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &a);
+    for (unsigned long i = 0; i < n; i += 8)
+      __asm__ volatile("add $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\t"
+                       "add $1,%0\n\tadd $1,%0\n\tadd $1,%0\n\tadd $1,%0" : "+r"(x));
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b);
+    double s = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
+    if (n / s / 1e9 > best) best = n / s / 1e9;
+  }
+  printf("%.3f\n", best);
+  return 0;
+}
+"""
+
+
+def measure_clock_ghz(cores: int) -> float | None:
+    """The clock the cores run at under load (boost included), in GHz, or None where it can't be measured.
+
+    A chain of dependent integer adds (latency one cycle on x86-64) runs on every core at once, compiled
+    with the system's C compiler, timed in CPU time (so other jobs sharing the cores don't slow it); the
+    best of five short runs per core, the fastest core. About 1 s.
+    """
+    import shutil
+    import tempfile
+
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None or platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        source, binary = pathlib.Path(tmp) / "clock.c", pathlib.Path(tmp) / "clock"
+        source.write_text(CLOCK_PROBE)
+        try:
+            subprocess.run([cc, "-O1", "-o", str(binary), str(source)], check=True, capture_output=True)
+            procs = [subprocess.Popen([str(binary)], stdout=subprocess.PIPE, text=True) for _ in range(cores)]
+            values = [float(p.communicate(timeout=60)[0]) for p in procs]
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return None
+    return max(values) if values else None
 
 
 def gpu_peak(name: str) -> dict:
@@ -684,8 +739,8 @@ def main(argv=None) -> int:
     height, width = (int(v) for v in size.lower().split("x"))
     default_batches = "1" if args.quick else ("1,8,32" if device == "gpu" else "1,8")
     batches = [int(b) for b in (args.batches or default_batches).split(",")]
-    default_uncached = "1" if args.quick else ("1,8,32" if device == "gpu" else "1")
-    uncached_batches = [int(b) for b in (args.train_uncached_batches or default_uncached).split(",")]
+    uncached_batches = ([int(b) for b in args.train_uncached_batches.split(",")] if args.train_uncached_batches
+                        else batches)
     args.min_rounds = args.min_rounds or (2 if args.quick else 3)
     if args.target_seconds is None:
         args.target_seconds = 0.0 if args.quick else (5.0 if device == "gpu" else 8.0)
