@@ -136,7 +136,10 @@ def cpu_peak(cores: int, clock_ghz: float | None = None) -> dict:
     info = cpu_info()
     flags, vendor, family = info["flags"], info["vendor"], info["family"]
     if "avx512f" in flags and vendor == "AuthenticAMD":
-        per_cycle, why = (64, "Zen 5: 2 x 512-bit FMA") if (family or 0) >= 26 else (32, "Zen 4: AVX-512 on 2 x 256-bit FMA pipes")
+        if (family or 0) >= 26:
+            per_cycle, why = 64, "Zen 5: 2 x 512-bit FMA"
+        else:
+            per_cycle, why = 32, "Zen 4: AVX-512 on 2 x 256-bit FMA pipes"
     elif "avx512f" in flags:
         per_cycle, why = 64, "AVX-512: 2 x 512-bit FMA units assumed"
     elif "avx2" in flags and "fma" in flags:
@@ -593,8 +596,9 @@ def row(case: Case, flops: float, peak: dict) -> dict:
 
 
 def parity(fw: Frameworks, model_name: str) -> dict:
-    """Max |ours - PyTorch| of the log density (nats), float32, batch 1, on the benchmark's inputs
-    (under ``jax.default_matmul_precision("highest")`` and without TF32 in PyTorch: parity only)."""
+    """Max |ours - PyTorch| of the log density (nats) and of the backbone features (relative to their
+    largest value), float32, batch 1, on the benchmark's inputs (under
+    ``jax.default_matmul_precision("highest")`` and without TF32 in PyTorch: parity only)."""
     import numpy as np
 
     torch, jax = fw.torch, fw.jax
@@ -606,13 +610,16 @@ def parity(fw: Frameworks, model_name: str) -> dict:
     try:
         with jax.default_matmul_precision("highest"):
             ours = np.asarray(jax.jit(model.apply)(params, data["images"], cb))
+            ours_features = np.asarray(model.features(params["backbone"], data["images"]))
+        images = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous().to(fw.torch_device)
         with torch.inference_mode():
-            theirs = torch_model(torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous().to(fw.torch_device),
-                                 torch.from_numpy(cb).to(fw.torch_device)).cpu().numpy()
+            theirs = torch_model(images, torch.from_numpy(cb).to(fw.torch_device)).cpu().numpy()
+            features = torch.cat(torch_model.features(images), dim=1).permute(0, 2, 3, 1).cpu().numpy()
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
     return {"max_abs_diff_nats": float(np.abs(ours - theirs).max()),
-            "log_density_range_nats": [float(theirs.min()), float(theirs.max())]}
+            "log_density_range_nats": [float(theirs.min()), float(theirs.max())],
+            "features_max_rel_diff": float(np.abs(ours_features - features).max() / np.abs(features).max())}
 
 
 def xla_flops(fw: Frameworks, model_name: str, batch: int) -> float | None:
@@ -645,7 +652,8 @@ def markdown_table(results: dict) -> str:
     ]
     index = {(r["section"], r["model"], r["batch"], r["framework"], r["mode"], r["dtype"]): r for r in rows}
     for r in rows:
-        key = (r["section"], MODEL_TITLES.get(r["model"], r["model"]), r["batch"], r["framework"], r["mode"], r["dtype"])
+        title = MODEL_TITLES.get(r["model"], r["model"])
+        key = (r["section"], title, r["batch"], r["framework"], r["mode"], r["dtype"])
         compile_s = f"{r['compile_s']:.1f}" if r.get("compile_s") is not None else ""
         if r.get("error") and not r.get("times_s"):
             lines.append("| " + " | ".join(str(k) for k in key) + f" | failed: {r['error'][:120]} | | | | | | | | "
@@ -663,7 +671,8 @@ def markdown_table(results: dict) -> str:
             "| " + " | ".join(str(k) for k in key)
             + f" | {fmt_ms(r['median_s'])} | {fmt_ms(r['q1_s'])}-{fmt_ms(r['q3_s'])}"
             + f" | {fmt_ms(r['min_s'])}-{fmt_ms(r['max_s'])} | {r['rounds']}"
-            + f" | {fmt_ms(r['median_s'] / r['batch'])} | {r['flop_per_s'] / 1e9:.1f} | {peak} | {ratio} | {compile_s} |"
+            + f" | {fmt_ms(r['median_s'] / r['batch'])} | {r['flop_per_s'] / 1e9:.1f} | {peak} | {ratio}"
+            + f" | {compile_s} |"
         )
     return "\n".join(lines)
 
@@ -688,8 +697,9 @@ def markdown_block(results: dict) -> str:
             f"blur (reference conv) {v['blur'] / 1e6:.1f} M"
             for k, v in flops.items()) + ".",
         "",
-        "Parity (float32, batch 1, max |ours - PyTorch| of the log density): " + "; ".join(
-            f"{MODEL_TITLES.get(k, k)} {v['max_abs_diff_nats']:.2e} nats" if "max_abs_diff_nats" in v
+        "Parity (float32, batch 1, max |ours - PyTorch|, log density and backbone features): " + "; ".join(
+            f"{MODEL_TITLES.get(k, k)} {v['max_abs_diff_nats']:.2e} nats (features: {v['features_max_rel_diff']:.1e} "
+            "of their largest value)" if "max_abs_diff_nats" in v
             else f"{MODEL_TITLES.get(k, k)} failed: {v.get('error')}" for k, v in results["parity"].items()) + ".",
         "",
         markdown_table(results),

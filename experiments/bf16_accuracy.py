@@ -81,7 +81,8 @@ def main(argv=None) -> int:
                 ll, _ = log_likelihood(out[dtype], xs, ys, mask)
                 bits[dtype].append(float(ll[0]))
             counts.append(len(r))
-            max_abs_nats = max(max_abs_nats, float(np.abs(np.asarray(out["float32"]) - np.asarray(out["bfloat16"])).max()))
+            gap = np.abs(np.asarray(out["float32"]) - np.asarray(out["bfloat16"])).max()
+            max_abs_nats = max(max_abs_nats, float(gap))
             if n % 10 == 0:
                 print(f"{name}: {n + 1}/{len(indices)} images, {time.time() - started:.0f} s", file=sys.stderr)
         counts = np.asarray(counts, float)

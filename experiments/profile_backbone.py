@@ -82,7 +82,8 @@ def main(argv=None) -> int:
     rng = np.random.RandomState(0)
     rows = []
     print(f"{args.model} batch {args.batch} {args.dtype}, threads: torch {torch.get_num_threads()}")
-    print(f"{'layer':8} {'input':>16} {'GFLOP':>7} {'ours min/med ms':>17} {'torch min/med ms':>17} {'ours GFLOP/s':>12} {'torch GFLOP/s':>13}")
+    print(f"{'layer':8} {'input':>16} {'GFLOP':>7} {'ours min/med ms':>17} {'torch min/med ms':>17} "
+          f"{'ours GFLOP/s':>12} {'torch GFLOP/s':>13}")
     for layer in conv_layers(model, height, width):
         h, w, c = layer["in"]
         k, s, p, cout = layer["k"], layer["stride"], layer["pad"], layer["cout"]
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
         t = time_pair({"ours": lambda: ours(jx, jk, jb).block_until_ready(), "torch": theirs}, args.repeats)
         rows.append({**layer, "gflop": flops / 1e9, **{f"{k}_{m}": v[m] for k, v in t.items() for m in v}})
         print(f"{layer['name']:8} {str(layer['in']):>16} {flops / 1e9:7.2f} "
-              f"{t['ours']['min_ms']:8.1f}/{t['ours']['median_ms']:<8.1f} {t['torch']['min_ms']:8.1f}/{t['torch']['median_ms']:<8.1f}"
+              f"{t['ours']['min_ms']:8.1f}/{t['ours']['median_ms']:<8.1f} "
+              f"{t['torch']['min_ms']:8.1f}/{t['torch']['median_ms']:<8.1f}"
               f" {flops / t['ours']['min_ms'] / 1e6:12.1f} {flops / t['torch']['min_ms'] / 1e6:13.1f}", flush=True)
     total = {k: sum(r[f"{k}_min_ms"] for r in rows) for k in ("ours", "torch")}
     print(f"sum of minima: ours {total['ours']:.1f} ms, torch {total['torch']:.1f} ms")
