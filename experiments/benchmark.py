@@ -26,9 +26,10 @@ FLOPs are counted analytically per layer (:func:`model_flops`), checked against 
 (:func:`cpu_peak`), the assumptions written into the results. Every configuration runs in
 ``try``/``except``: a failure becomes a row with its error instead of ending the run.
 
-Results: ``--out`` (JSON, default ``experiments/results/benchmark.json``, ``benchmark_gpu.json`` on a GPU)
-and, except with ``--quick``, the table inside ``experiments/BENCHMARKS.md`` between the markers of the
-device (``<!-- results:cpu:start -->`` ... ``end``).
+Results: ``--out`` (JSON, default ``experiments/results/benchmark.json``, ``benchmark_gpu.json`` on a GPU;
+with ``--quick`` ``.cache/benchmark_quick.json``, not committed) and, except with ``--quick``, the table
+inside ``experiments/BENCHMARKS.md`` between the markers of the device (``<!-- results:cpu:start -->``
+... ``end``).
 """
 
 from __future__ import annotations
@@ -768,8 +769,9 @@ def main(argv=None) -> int:
     else:
         peak = cpu_peak(threads, args.clock_ghz)
         name = peak["cpu"]
-    out = args.out or REPO / "experiments" / "results" / (
-        ("benchmark_quick" if args.quick else "benchmark") + ("_gpu" if device == "gpu" else "") + ".json")
+    suffix = "_gpu" if device == "gpu" else ""
+    out = args.out or (REPO / ".cache" / f"benchmark_quick{suffix}.json" if args.quick
+                       else REPO / "experiments" / "results" / f"benchmark{suffix}.json")
     markdown = args.markdown or (None if args.quick else REPO / "experiments" / "BENCHMARKS.md")
 
     fw = Frameworks(device, height, width, args.fixations)
