@@ -10,6 +10,7 @@ compilation serves all image sizes of a dataset; the loop over batches is plain 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -128,42 +129,60 @@ def _interpolate_at(grid, sizes, xs, ys, mask):
 
 
 @jax.jit
-def _sauc_kernel(log_density, sizes, xs, ys, mask, neg_xs, neg_ys, neg_mask, compute_sizes, average_log_density, count, taps_in):
-    """sAUC per fixation with the map ``log p - log p_shuffled`` (pysaliency ShuffledBaselineModel).
+def _sauc_values_kernel(log_density, sizes, xs, ys, mask, compute_sizes, average_log_density, count, taps_in):
+    """The sAUC map ``log p - log p_shuffled`` (pysaliency ShuffledBaselineModel) at the given pixels.
 
     The leave-one-out shuffled prediction is formed at the compute size; it is only ever read at the
     fixations and the negatives, so it is interpolated there instead of resized to the whole image. Its
     renormalisation after resizing is a constant per image, which leaves AUC (a ranking) unchanged.
+    Fixations and negatives come in one (B, N + M) array and leave this kernel as one materialised
+    output: XLA on CPU contracts multiply-adds into FMAs differently in different fusions, so values
+    recomputed inside several consumers could round differently and break the ties between a fixation
+    and a negative on the same pixel, which AUC counts half.
     """
     own = jnp.exp(metric_maps._resize_log_density_kernel(log_density, compute_sizes, *taps_in))
     others = jnp.log(jnp.exp(average_log_density)[None] * (count / (count - 1)) - own / (count - 1))
-    at = jax.vmap(_interpolate_at)
-    positives = metrics._gather(log_density, xs, ys, mask) - at(others, sizes, xs, ys, mask)
-    negatives = metrics._gather(log_density, neg_xs, neg_ys, neg_mask) - at(others, sizes, neg_xs, neg_ys, neg_mask)
-    return jax.vmap(metrics._auc_per_positive)(positives, mask, negatives, neg_mask)
+    return metrics._gather(log_density, xs, ys, mask) - jax.vmap(_interpolate_at)(others, sizes, xs, ys, mask)
 
 
-def _batch_metrics(log_density, sizes, xs, ys, mask, baseline, sigma_blur):
-    """All metrics of one batch of canvases. Returns a dict of (B, N) per-fixation and (B,) per-image values."""
-    valid = metrics._valid(log_density, sizes)
-    density = jnp.exp(log_density) * valid
+@functools.partial(jax.jit, static_argnames=("n",))
+def _sauc_from_values(values, mask, n: int):
+    """(B, n + M) values at fixations then negatives, (B, n + M) mask -> (B, n) sAUC per fixation."""
+    return metrics._auc_per_positive(values[:, :n], mask[:, :n], values[:, n:], mask[:, n:])
+
+
+@jax.jit
+def _density_kernel(log_density, sizes):
+    """(B, Hc, Wc) log densities -> densities, 0 outside each image. Its own dispatch (see _batch_metrics)."""
+    return jnp.exp(log_density) * metrics._valid(log_density, sizes)
+
+
+@functools.partial(jax.jit, static_argnames=("sigma_blur",))
+def _dense_metrics_kernel(log_density, density, sizes, xs, ys, mask, baseline, sigma_blur):
     out = {
         "LL": metrics._log_likelihood_kernel(log_density, sizes, xs, ys, mask),
         "NSS": metrics._nss_kernel(density, sizes, xs, ys, mask),
     }
-    out["AUC"], out["AUC_Judd"] = metrics._auc_and_judd_kernel(density, sizes, xs, ys, mask)
     if baseline is not None:
         out["IG"] = metrics._information_gain_kernel(log_density, baseline, xs, ys, mask)
     sigma, mode = sigma_blur
     blurred = metrics._blur_kernel(density, sizes, sigma, mode)
     empirical = metrics._fixation_map_kernel(xs, ys, mask, jnp.zeros_like(log_density), sizes, sigma, "reflect")
-    out["CC"] = metrics._cc_kernel(blurred, empirical, sizes)
-    out["KLDiv"] = metrics._kl_div_kernel(blurred, empirical, sizes)
-    out["SIM"] = metrics._sim_kernel(blurred, empirical, sizes)
+    out["CC"], out["KLDiv"], out["SIM"] = metrics._pair_metrics(blurred, empirical, sizes)
     return out
 
 
-_batch_kernel = jax.jit(_batch_metrics, static_argnames=("sigma_blur",))
+def _batch_metrics(log_density, sizes, xs, ys, mask, baseline, sigma_blur):
+    """All metrics but sAUC of one batch of canvases: a dict of (B, N) per-fixation and (B,) per-image values.
+
+    The density is materialised by a dispatch of its own before AUC reads it, at the fixations and at
+    every pixel: inside one XLA computation it could be recomputed per consumer and rounded differently,
+    and AUC counts exact ties (see _sauc_values_kernel).
+    """
+    density = _density_kernel(log_density, sizes)
+    out = _dense_metrics_kernel(log_density, density, sizes, xs, ys, mask, baseline, sigma_blur)
+    out["AUC"], out["AUC_Judd"] = metrics._auc_and_judd_kernel(density, sizes, xs, ys, mask)
+    return out
 
 
 def evaluate(
@@ -282,10 +301,10 @@ def evaluate(
                 nx, ny = metrics.shuffled_negatives(n, sizes, xs_all, ys_all, image_of)
                 neg_xs[b, : nx.size], neg_ys[b, : nx.size], neg_mask[b, : nx.size] = nx, ny, True
             taps_in = metric_maps.resize_taps(bsizes, compute_sizes, compute_size)
-            out = _batch_kernel(arr, bsizes, xs, ys, mask, base, (float(sigma), blur_mode))
-            out["sAUC"] = _sauc_kernel(
-                arr, bsizes, xs, ys, mask, neg_xs, neg_ys, neg_mask, compute_sizes, baseline_model.average_log_density, float(n_images), taps_in
-            )
+            out = _batch_metrics(arr, bsizes, xs, ys, mask, base, (float(sigma), blur_mode))
+            all_xs, all_ys, all_mask = (np.concatenate(pair, axis=1) for pair in ((xs, neg_xs), (ys, neg_ys), (mask, neg_mask)))
+            values = _sauc_values_kernel(arr, bsizes, all_xs, all_ys, all_mask, compute_sizes, baseline_model.average_log_density, float(n_images), taps_in)
+            out["sAUC"] = _sauc_from_values(values, all_mask, n_pad)
             for key, value in out.items():
                 value = np.asarray(value)[: len(idx)]
                 if key in PER_FIXATION:
