@@ -129,20 +129,35 @@ def _interpolate_at(grid, sizes, xs, ys, mask):
 
 
 @jax.jit
-def _sauc_values_kernel(log_density, sizes, xs, ys, mask, compute_sizes, average_log_density, count, taps_in):
-    """The sAUC map ``log p - log p_shuffled`` (pysaliency ShuffledBaselineModel) at the given pixels.
+def _density_sum_kernel(resized, compute_sizes, weights):
+    """(B, Hc', Wc') resized log densities, (B,) weights -> (Hc', Wc') weighted sum of their renormalised densities."""
+    return jnp.tensordot(weights, jnp.exp(metric_maps._renormalise(resized, compute_sizes)), axes=1)
 
-    The leave-one-out shuffled prediction is formed at the compute size; it is only ever read at the
-    fixations and the negatives, so it is interpolated there instead of resized to the whole image. Its
-    renormalisation after resizing is a constant per image, which leaves AUC (a ranking) unchanged.
-    Fixations and negatives come in one (B, N + M) array and leave this kernel as one materialised
-    output: XLA on CPU contracts multiply-adds into FMAs differently in different fusions, so values
-    recomputed inside several consumers could round differently and break the ties between a fixation
-    and a negative on the same pixel, which AUC counts half.
+
+@jax.jit
+def _shuffled_kernel(resized, compute_sizes, average_log_density, count):
+    """The leave-one-out shuffled prediction of each image at the compute size (pysaliency ShuffledBaselineModel).
+
+    resized: (B, Hc', Wc') the images' own log densities resized to the compute size; average_log_density
+    (Hc', Wc'): the mean over all ``count`` images. Returns (B, Hc', Wc') log densities, not renormalised.
     """
-    own = jnp.exp(metric_maps._resize_log_density_kernel(log_density, compute_sizes, *taps_in))
-    others = jnp.log(jnp.exp(average_log_density)[None] * (count / (count - 1)) - own / (count - 1))
-    return metrics._gather(log_density, xs, ys, mask) - jax.vmap(_interpolate_at)(others, sizes, xs, ys, mask)
+    own = jnp.exp(metric_maps._renormalise(resized, compute_sizes))
+    return jnp.log(jnp.exp(average_log_density)[None] * (count / (count - 1)) - own / (count - 1))
+
+
+@jax.jit
+def _sauc_values_kernel(log_density, shuffled, sizes, xs, ys, mask):
+    """The sAUC map ``log p - log p_shuffled`` at the given pixels -> (B, N + M).
+
+    The shuffled prediction (from :func:`_shuffled_kernel`) is only ever read at the fixations and the
+    negatives, so it is interpolated there instead of resized to the whole image. Its renormalisation
+    after resizing is a constant per image, which leaves AUC (a ranking) unchanged. Fixations and
+    negatives come in one (B, N + M) array and leave this kernel as one materialised output: XLA on CPU
+    contracts multiply-adds into FMAs differently in different fusions, so values recomputed inside
+    several consumers could round differently and break the ties between a fixation and a negative on
+    the same pixel, which AUC counts half.
+    """
+    return metrics._gather(log_density, xs, ys, mask) - jax.vmap(_interpolate_at)(shuffled, sizes, xs, ys, mask)
 
 
 @functools.partial(jax.jit, static_argnames=("n",))
@@ -274,8 +289,8 @@ def evaluate(
             weights = np.zeros(batch_size)
             weights[: len(idx)] = 1
             arr[len(idx) :] = arr[0]
-            resized = metric_maps._resize_log_density_kernel(arr, compute_sizes, *taps)
-            total += np.tensordot(weights, np.exp(np.asarray(resized)), axes=1)
+            resized = metric_maps._resize_kernel(arr, *taps)
+            total += np.asarray(_density_sum_kernel(resized, compute_sizes, weights))
         baseline_model = metric_maps.ShuffledBaseline(total, n_images, compute_size)
 
         # Pass 2: every metric, batch by batch.
@@ -303,7 +318,8 @@ def evaluate(
             taps_in = metric_maps.resize_taps(bsizes, compute_sizes, compute_size)
             out = _batch_metrics(arr, bsizes, xs, ys, mask, base, (float(sigma), blur_mode))
             all_xs, all_ys, all_mask = (np.concatenate(pair, axis=1) for pair in ((xs, neg_xs), (ys, neg_ys), (mask, neg_mask)))
-            values = _sauc_values_kernel(arr, bsizes, all_xs, all_ys, all_mask, compute_sizes, baseline_model.average_log_density, float(n_images), taps_in)
+            shuffled = _shuffled_kernel(metric_maps._resize_kernel(arr, *taps_in), compute_sizes, baseline_model.average_log_density, float(n_images))
+            values = _sauc_values_kernel(arr, shuffled, bsizes, all_xs, all_ys, all_mask)
             out["sAUC"] = _sauc_from_values(values, all_mask, n_pad)
             for key, value in out.items():
                 value = np.asarray(value)[: len(idx)]

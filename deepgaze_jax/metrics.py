@@ -55,10 +55,14 @@ _COMBINE = {"sum": jax.lax.add, "max": jax.lax.max, "min": jax.lax.min}
 def _reduce_image(*terms: tuple[jax.Array, str]) -> tuple[jax.Array, ...]:
     """(array (B, Hc, Wc), "sum" | "max" | "min") pairs -> one (B,) result per pair, in one pass.
 
-    Give it two terms or more: XLA hands a lone reduction to its YNNPACK fusion, which materialises the
-    fused input first. And keep the elementwise terms of different passes distinct: a subexpression
-    shared by two passes is materialised once instead of fused into both.
+    XLA hands a lone reduction to its YNNPACK fusion, which materialises the fused input first, so a
+    single term gets a companion (its maximum), kept alive by a comparison that is only false for NaN.
+    Keep the elementwise terms of different passes distinct: a subexpression shared by two passes is
+    materialised once instead of fused into both.
     """
+    if len(terms) == 1:
+        result, companion = _reduce_image(terms[0], (terms[0][0], "max"))
+        return (jnp.where(companion == companion, result, jnp.nan),)
     arrays = tuple(a for a, _ in terms)
     kinds = tuple(k for _, k in terms)
     init = tuple(jnp.asarray({"sum": 0, "max": -jnp.inf, "min": jnp.inf}[k], a.dtype) for a, k in terms)
@@ -385,25 +389,49 @@ def _extension(positions: jax.Array, lengths: jax.Array, mode: str) -> tuple[jax
     return idx, weight
 
 
-def _blur_axis(x: jax.Array, lengths: jax.Array, axis: int, kernel: np.ndarray, mode: str) -> jax.Array:
-    """Correlate (B, Hc, Wc) along ``axis`` (1 or 2) with a symmetric kernel, each image at its length.
+def _along(values: jax.Array, axis: int, ndim: int) -> jax.Array:
+    """(B, P) per-image values -> broadcastable along ``axis`` of a (B, ...) array of ``ndim`` dims."""
+    shape = [values.shape[0]] + [1] * (ndim - 1)
+    shape[axis] = values.shape[1]
+    return values.reshape(shape)
 
-    The signal is extended by the kernel radius with the boundary rule, then convolved by FFT: the
-    circular convolution is exact on the image because no output there reaches the wrap-around.
+
+def _fft_length(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n: XLA's FFT on CPU is up to twice as slow on lengths with large factors."""
+    best = 1 << (n - 1).bit_length()
+    p3 = 1
+    while p3 < best:
+        p35 = p3
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 5
+        p3 *= 3
+    return best
+
+
+def _blur_axis(x: jax.Array, lengths: jax.Array, axis: int, kernel: np.ndarray, mode: str) -> jax.Array:
+    """Correlate (B, ...) along ``axis`` (1 or 2) with a symmetric kernel, each image at its length.
+
+    The signal is extended by the kernel radius with the boundary rule (a gather of whole rows or
+    columns), zero-padded to a fast FFT length and convolved by FFT: the circular convolution is exact
+    on the image because no output there reaches the wrap-around. Values past each image's length come
+    back undefined.
     """
     radius = (kernel.shape[0] - 1) // 2
     length = x.shape[axis]
-    n = length + 2 * radius
-    idx, weight = _extension(jnp.arange(n) - radius, lengths, mode)
-    moved = jnp.moveaxis(x, axis, 1)  # (B, L, other)
-    padded = jax.vmap(lambda m, i, w: m[i] * w[:, None])(moved, idx, weight.astype(x.dtype))
+    n = _fft_length(length + 2 * radius)
+    idx, weight = _extension(jnp.arange(length + 2 * radius) - radius, lengths, mode)
+    padded = jax.vmap(lambda m, i: jnp.take(m, i, axis=axis - 1))(x, idx) * _along(weight.astype(x.dtype), axis, x.ndim)
     taps = np.zeros(n)
     taps[: radius + 1] = kernel[radius:]
     if radius:
         taps[-radius:] = kernel[:radius]
-    spectrum = jnp.fft.rfft(padded, axis=1) * jnp.asarray(np.fft.rfft(taps))[None, :, None]
-    full = jnp.fft.irfft(spectrum, n=n, axis=1)
-    return jnp.moveaxis(full[:, radius : radius + length], 1, axis)
+    response = np.fft.rfft(taps).reshape([-1 if d == axis else 1 for d in range(x.ndim)])
+    full = jnp.fft.irfft(jnp.fft.rfft(padded, n=n, axis=axis) * response, n=n, axis=axis)
+    return jax.lax.slice_in_dim(full, radius, radius + length, axis=axis)
 
 
 @functools.partial(jax.jit, static_argnames=("sigma", "mode", "truncate"))
@@ -426,20 +454,22 @@ def _fixation_counts_kernel(xs, ys, mask, template):
 def _fixation_map_kernel(xs, ys, mask, template, sizes, sigma: float, mode: str = "reflect", truncate: float = 4.0):
     """Blurred fixation counts on the canvas of ``template`` (B, Hc, Wc).
 
-    Fixations are sparse, so the horizontal pass blurs only one row per fixation, (B, N, Wc); those rows
-    are then added into the canvas at each fixation's y and blurred vertically. Same result as counting
-    first and blurring the whole map, one full-size FFT pass fewer.
+    The blur is separable and linear, so the map is a sum over fixations of outer products: each
+    fixation's blurred row profile (B, N, Wc) times its blurred column profile (B, N, Hc), one batched
+    matrix product. Same result as counting first and blurring the whole map, without full-size FFTs.
     """
     batch, height, width = template.shape
+    dtype = template.dtype
     kernel = gaussian_kernel_1d(sigma, truncate)
-    ix = jnp.where(mask, jnp.trunc(xs).astype(jnp.int32), 0)
-    iy = jnp.where(mask, jnp.trunc(ys).astype(jnp.int32), 0)
-    deltas = (jnp.arange(width)[None, None, :] == ix[:, :, None]) * mask[:, :, None].astype(template.dtype)
-    rows = _blur_axis(deltas, sizes[:, 1], 2, kernel, mode)  # (B, N, Wc)
-    canvas = jax.vmap(lambda c, y, r: c.at[y].add(r))(jnp.zeros_like(template), iy, rows)
-    blurred = _blur_axis(canvas, sizes[:, 0], 1, kernel, mode) * _valid(template, sizes)
+    ix = jnp.where(mask, jnp.trunc(xs).astype(jnp.int32), -1)
+    iy = jnp.where(mask, jnp.trunc(ys).astype(jnp.int32), -1)
+    deltas_x = (jnp.arange(width)[None, None, :] == ix[:, :, None]).astype(dtype)  # padding: all zero
+    deltas_y = (jnp.arange(height)[None, None, :] == iy[:, :, None]).astype(dtype)
+    rows = _blur_axis(deltas_x, sizes[:, 1], 2, kernel, mode)
+    cols = _blur_axis(deltas_y, sizes[:, 0], 2, kernel, mode)
+    blurred = jnp.einsum("byn,bnx->byx", jnp.swapaxes(cols, 1, 2), rows, precision=jax.lax.Precision.HIGHEST)
     # FFT round-off leaves ~1e-17 of the peak where the exact value is 0; a count map is nonnegative.
-    return jnp.maximum(blurred, 0)
+    return jnp.maximum(blurred, 0) * _valid(template, sizes)
 
 
 # ----------------------------------------------------------------------------------------------------
