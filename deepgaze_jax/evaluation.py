@@ -293,9 +293,30 @@ def evaluate(
             total += np.asarray(_density_sum_kernel(resized, compute_sizes, weights))
         baseline_model = metric_maps.ShuffledBaseline(total, n_images, compute_size)
 
-        # Pass 2: every metric, batch by batch.
+        # Pass 2: every metric, batch by batch. A batch's results are read back only after the next batch
+        # is dispatched, so that loading and preparing it overlaps with the computation.
         per_fix: dict[str, np.ndarray] = {}
         per_img: dict[str, np.ndarray] = {}
+        rescaled: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+        def negatives(n):
+            # All fixations rescaled to image n's size, as metrics.shuffled_negatives; the mask drops n's own.
+            key = (int(sizes[n, 0]), int(sizes[n, 1]))
+            if key not in rescaled:
+                rescaled[key] = (np.trunc(xs_all * (key[1] / sizes[image_of, 1])), np.trunc(ys_all * (key[0] / sizes[image_of, 0])))
+            return rescaled[key] + (image_of != n,)
+
+        def store(idx, out):
+            for key, value in out.items():
+                value = np.asarray(value)[: len(idx)]
+                if key in PER_FIXATION:
+                    target = per_fix.setdefault(key, np.full(xs_all.size, np.nan))
+                    for b, n in enumerate(idx):
+                        target[order[starts[n] : starts[n + 1]]] = value[b, : counts[n]]
+                else:
+                    per_img.setdefault(key, np.full(n_images, np.nan))[idx] = value
+
+        pending = None
         for canvas, idx in batches:
             full, bsizes = batch_sizes(idx)
             arr = canvas_batch(canvas, idx, get, "log density")
@@ -304,31 +325,25 @@ def evaluate(
             if get_baseline is not None:
                 base = canvas_batch(canvas, idx, get_baseline, "baseline log density")
                 base[len(idx) :] = base[0]
-            xs = np.zeros((batch_size, n_pad))
-            ys = np.zeros((batch_size, n_pad))
-            mask = np.zeros((batch_size, n_pad), bool)
-            neg_xs = np.zeros((batch_size, xs_all.size))
-            neg_ys = np.zeros((batch_size, xs_all.size))
-            neg_mask = np.zeros((batch_size, xs_all.size), bool)
+            # Fixations (B, n_pad), then negatives (B, F): one array, one sAUC map lookup (see _sauc_values_kernel).
+            all_xs = np.zeros((batch_size, n_pad + xs_all.size))
+            all_ys = np.zeros((batch_size, n_pad + xs_all.size))
+            all_mask = np.zeros((batch_size, n_pad + xs_all.size), bool)
             for b, n in enumerate(full):
                 own = order[starts[n] : starts[n + 1]]
-                xs[b, : own.size], ys[b, : own.size], mask[b, : own.size] = xs_all[own], ys_all[own], True
-                nx, ny = metrics.shuffled_negatives(n, sizes, xs_all, ys_all, image_of)
-                neg_xs[b, : nx.size], neg_ys[b, : nx.size], neg_mask[b, : nx.size] = nx, ny, True
+                all_xs[b, : own.size], all_ys[b, : own.size], all_mask[b, : own.size] = xs_all[own], ys_all[own], True
+                all_xs[b, n_pad:], all_ys[b, n_pad:], all_mask[b, n_pad:] = negatives(n)
+            xs, ys, mask = all_xs[:, :n_pad], all_ys[:, :n_pad], all_mask[:, :n_pad]
             taps_in = metric_maps.resize_taps(bsizes, compute_sizes, compute_size)
             out = _batch_metrics(arr, bsizes, xs, ys, mask, base, (float(sigma), blur_mode))
-            all_xs, all_ys, all_mask = (np.concatenate(pair, axis=1) for pair in ((xs, neg_xs), (ys, neg_ys), (mask, neg_mask)))
             shuffled = _shuffled_kernel(metric_maps._resize_kernel(arr, *taps_in), compute_sizes, baseline_model.average_log_density, float(n_images))
             values = _sauc_values_kernel(arr, shuffled, bsizes, all_xs, all_ys, all_mask)
             out["sAUC"] = _sauc_from_values(values, all_mask, n_pad)
-            for key, value in out.items():
-                value = np.asarray(value)[: len(idx)]
-                if key in PER_FIXATION:
-                    store = per_fix.setdefault(key, np.full(xs_all.size, np.nan))
-                    for b, n in enumerate(idx):
-                        store[order[starts[n] : starts[n + 1]]] = value[b, : counts[n]]
-                else:
-                    per_img.setdefault(key, np.full(n_images, np.nan))[idx] = value
+            if pending is not None:
+                store(*pending)
+            pending = (idx, out)
+        if pending is not None:
+            store(*pending)
 
     summary: dict[str, float] = {}
     per_image: dict[str, np.ndarray] = {}
