@@ -232,6 +232,23 @@ def test_evaluate_accepts_a_callable_or_a_one_shot_iterator():
     assert all(v.shape == (3,) for v in from_callable.per_image.values())
 
 
+@pytest.mark.parametrize("n", [1, 7, 64, 300])  # group sizes 8 and 16, one group and many, padding
+def test_count_below_and_equal_matches_brute_force_with_ties_and_masks(n):
+    """The two-level search + histogram behind AUC, against direct counting."""
+    rng = np.random.default_rng(n)
+    thresholds = np.sort(np.round(rng.normal(size=(3, n)) * 2) / 2, axis=1)  # quantised: ties
+    thresholds[0, -1] = np.inf  # padded positives arrive as +inf
+    values = np.round(rng.normal(size=(3, 9, 11)) * 2) / 2
+    values[1, 0, :3] = thresholds[1, 0]  # equal to the smallest, below everything else
+    include = rng.random(values.shape) < 0.8
+    with metrics.jax.enable_x64(True):
+        less, equal = (np.asarray(a) for a in metrics.jax.jit(metrics._count_below_and_equal)(thresholds, values, include))
+    for b in range(3):
+        kept = values[b][include[b]]
+        np.testing.assert_array_equal(less[b], [(kept < t).sum() for t in thresholds[b]])
+        np.testing.assert_array_equal(equal[b], [(kept == t).sum() for t in thresholds[b]])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Hand-computed tiny cases.
 # ---------------------------------------------------------------------------------------------------
