@@ -450,6 +450,37 @@ def _fixation_counts_kernel(xs, ys, mask, template):
     return counts.reshape(template.shape)
 
 
+def _delta_profiles(positions, lengths, length: int, sigma: float, truncate: float, mode: str, dtype) -> jax.Array:
+    """Blurred unit impulses: (B, N) pixel positions (-1: none) on axes of ``lengths`` -> (B, N, length).
+
+    Row n of image b is ``gaussian_filter1d`` of the impulse at positions[b, n] along an axis of
+    lengths[b] (undefined past it). For 'reflect' on axes at least one kernel radius long, each output
+    sums the kernel at three offsets (the impulse and its two mirror images), elementwise; otherwise
+    the impulses are blurred by FFT.
+    """
+    kernel = gaussian_kernel_1d(sigma, truncate)
+    radius = (kernel.shape[0] - 1) // 2
+    deltas = (jnp.arange(length)[None, None, :] == positions[:, :, None]).astype(dtype)
+
+    def by_fft():
+        return _blur_axis(deltas, lengths, 2, kernel, mode)
+
+    if mode != "reflect" or radius > length:
+        return by_fft()
+
+    def closed_form():
+        # scipy's weights: exp(-x^2 / (2 sigma^2)), normalised by their sum over the truncated support.
+        scale, norm = -0.5 / float(sigma) ** 2, float(np.exp(-0.5 / float(sigma) ** 2 * np.arange(-radius, radius + 1.0) ** 2).sum())
+        y = jnp.arange(length)[None, None, :]
+        i = positions[:, :, None]
+        out = jnp.zeros(deltas.shape, dtype)
+        for offset in (i - y, -1 - i - y, 2 * lengths[:, None, None] - 1 - i - y):  # x[i], x[-1-i], x[2L-1-i]
+            out = out + jnp.where(jnp.abs(offset) <= radius, jnp.exp(scale * (offset * offset).astype(dtype)), 0)
+        return out * (positions[:, :, None] >= 0) / norm
+
+    return jax.lax.cond(jnp.all(lengths >= radius), closed_form, by_fft)
+
+
 @functools.partial(jax.jit, static_argnames=("sigma", "mode", "truncate"))
 def _fixation_map_kernel(xs, ys, mask, template, sizes, sigma: float, mode: str = "reflect", truncate: float = 4.0):
     """Blurred fixation counts on the canvas of ``template`` (B, Hc, Wc).
@@ -460,13 +491,10 @@ def _fixation_map_kernel(xs, ys, mask, template, sizes, sigma: float, mode: str 
     """
     batch, height, width = template.shape
     dtype = template.dtype
-    kernel = gaussian_kernel_1d(sigma, truncate)
     ix = jnp.where(mask, jnp.trunc(xs).astype(jnp.int32), -1)
     iy = jnp.where(mask, jnp.trunc(ys).astype(jnp.int32), -1)
-    deltas_x = (jnp.arange(width)[None, None, :] == ix[:, :, None]).astype(dtype)  # padding: all zero
-    deltas_y = (jnp.arange(height)[None, None, :] == iy[:, :, None]).astype(dtype)
-    rows = _blur_axis(deltas_x, sizes[:, 1], 2, kernel, mode)
-    cols = _blur_axis(deltas_y, sizes[:, 0], 2, kernel, mode)
+    rows = _delta_profiles(ix, sizes[:, 1], width, sigma, truncate, mode, dtype)
+    cols = _delta_profiles(iy, sizes[:, 0], height, sigma, truncate, mode, dtype)
     blurred = jnp.einsum("byn,bnx->byx", jnp.swapaxes(cols, 1, 2), rows, precision=jax.lax.Precision.HIGHEST)
     # FFT round-off leaves ~1e-17 of the peak where the exact value is 0; a count map is nonnegative.
     return jnp.maximum(blurred, 0) * _valid(template, sizes)
