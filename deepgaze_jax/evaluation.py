@@ -10,6 +10,7 @@ compilation serves all image sizes of a dataset; the loop over batches is plain 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -128,42 +129,75 @@ def _interpolate_at(grid, sizes, xs, ys, mask):
 
 
 @jax.jit
-def _sauc_kernel(log_density, sizes, xs, ys, mask, neg_xs, neg_ys, neg_mask, compute_sizes, average_log_density, count, taps_in):
-    """sAUC per fixation with the map ``log p - log p_shuffled`` (pysaliency ShuffledBaselineModel).
+def _density_sum_kernel(resized, compute_sizes, weights):
+    """(B, Hc', Wc') resized log densities, (B,) weights -> (Hc', Wc') weighted sum of their renormalised densities."""
+    return jnp.tensordot(weights, jnp.exp(metric_maps._renormalise(resized, compute_sizes)), axes=1)
 
-    The leave-one-out shuffled prediction is formed at the compute size; it is only ever read at the
-    fixations and the negatives, so it is interpolated there instead of resized to the whole image. Its
-    renormalisation after resizing is a constant per image, which leaves AUC (a ranking) unchanged.
+
+@jax.jit
+def _shuffled_kernel(resized, compute_sizes, average_log_density, count):
+    """The leave-one-out shuffled prediction of each image at the compute size (pysaliency ShuffledBaselineModel).
+
+    resized: (B, Hc', Wc') the images' own log densities resized to the compute size; average_log_density
+    (Hc', Wc'): the mean over all ``count`` images. Returns (B, Hc', Wc') log densities, not renormalised.
     """
-    own = jnp.exp(metric_maps._resize_log_density_kernel(log_density, compute_sizes, *taps_in))
-    others = jnp.log(jnp.exp(average_log_density)[None] * (count / (count - 1)) - own / (count - 1))
-    at = jax.vmap(_interpolate_at)
-    positives = metrics._gather(log_density, xs, ys, mask) - at(others, sizes, xs, ys, mask)
-    negatives = metrics._gather(log_density, neg_xs, neg_ys, neg_mask) - at(others, sizes, neg_xs, neg_ys, neg_mask)
-    return jax.vmap(metrics._auc_per_positive)(positives, mask, negatives, neg_mask)
+    own = jnp.exp(metric_maps._renormalise(resized, compute_sizes))
+    return jnp.log(jnp.exp(average_log_density)[None] * (count / (count - 1)) - own / (count - 1))
 
 
-def _batch_metrics(log_density, sizes, xs, ys, mask, baseline, sigma_blur):
-    """All metrics of one batch of canvases. Returns a dict of (B, N) per-fixation and (B,) per-image values."""
-    valid = metrics._valid(log_density, sizes)
-    density = jnp.exp(log_density) * valid
+@jax.jit
+def _sauc_values_kernel(log_density, shuffled, sizes, xs, ys, mask):
+    """The sAUC map ``log p - log p_shuffled`` at the given pixels -> (B, N + M).
+
+    The shuffled prediction (from :func:`_shuffled_kernel`) is only ever read at the fixations and the
+    negatives, so it is interpolated there instead of resized to the whole image. Its renormalisation
+    after resizing is a constant per image, which leaves AUC (a ranking) unchanged. Fixations and
+    negatives come in one (B, N + M) array and leave this kernel as one materialised output: XLA on CPU
+    contracts multiply-adds into FMAs differently in different fusions, so values recomputed inside
+    several consumers could round differently and break the ties between a fixation and a negative on
+    the same pixel, which AUC counts half.
+    """
+    return metrics._gather(log_density, xs, ys, mask) - jax.vmap(_interpolate_at)(shuffled, sizes, xs, ys, mask)
+
+
+@functools.partial(jax.jit, static_argnames=("n",))
+def _sauc_from_values(values, mask, n: int):
+    """(B, n + M) values at fixations then negatives, (B, n + M) mask -> (B, n) sAUC per fixation."""
+    return metrics._auc_per_positive(values[:, :n], mask[:, :n], values[:, n:], mask[:, n:])
+
+
+@jax.jit
+def _density_kernel(log_density, sizes):
+    """(B, Hc, Wc) log densities -> densities, 0 outside each image. Its own dispatch (see _batch_metrics)."""
+    return jnp.exp(log_density) * metrics._valid(log_density, sizes)
+
+
+@functools.partial(jax.jit, static_argnames=("sigma_blur",))
+def _dense_metrics_kernel(log_density, density, sizes, xs, ys, mask, baseline, sigma_blur):
     out = {
         "LL": metrics._log_likelihood_kernel(log_density, sizes, xs, ys, mask),
         "NSS": metrics._nss_kernel(density, sizes, xs, ys, mask),
     }
-    out["AUC"], out["AUC_Judd"] = metrics._auc_and_judd_kernel(density, sizes, xs, ys, mask)
     if baseline is not None:
         out["IG"] = metrics._information_gain_kernel(log_density, baseline, xs, ys, mask)
     sigma, mode = sigma_blur
     blurred = metrics._blur_kernel(density, sizes, sigma, mode)
     empirical = metrics._fixation_map_kernel(xs, ys, mask, jnp.zeros_like(log_density), sizes, sigma, "reflect")
-    out["CC"] = metrics._cc_kernel(blurred, empirical, sizes)
-    out["KLDiv"] = metrics._kl_div_kernel(blurred, empirical, sizes)
-    out["SIM"] = metrics._sim_kernel(blurred, empirical, sizes)
+    out["CC"], out["KLDiv"], out["SIM"] = metrics._pair_metrics(blurred, empirical, sizes)
     return out
 
 
-_batch_kernel = jax.jit(_batch_metrics, static_argnames=("sigma_blur",))
+def _batch_metrics(log_density, sizes, xs, ys, mask, baseline, sigma_blur):
+    """All metrics but sAUC of one batch of canvases: a dict of (B, N) per-fixation and (B,) per-image values.
+
+    The density is materialised by a dispatch of its own before AUC reads it, at the fixations and at
+    every pixel: inside one XLA computation it could be recomputed per consumer and rounded differently,
+    and AUC counts exact ties (see _sauc_values_kernel).
+    """
+    density = _density_kernel(log_density, sizes)
+    out = _dense_metrics_kernel(log_density, density, sizes, xs, ys, mask, baseline, sigma_blur)
+    out["AUC"], out["AUC_Judd"] = metrics._auc_and_judd_kernel(density, sizes, xs, ys, mask)
+    return out
 
 
 def evaluate(
@@ -255,13 +289,34 @@ def evaluate(
             weights = np.zeros(batch_size)
             weights[: len(idx)] = 1
             arr[len(idx) :] = arr[0]
-            resized = metric_maps._resize_log_density_kernel(arr, compute_sizes, *taps)
-            total += np.tensordot(weights, np.exp(np.asarray(resized)), axes=1)
+            resized = metric_maps._resize_kernel(arr, *taps)
+            total += np.asarray(_density_sum_kernel(resized, compute_sizes, weights))
         baseline_model = metric_maps.ShuffledBaseline(total, n_images, compute_size)
 
-        # Pass 2: every metric, batch by batch.
+        # Pass 2: every metric, batch by batch. A batch's results are read back only after the next batch
+        # is dispatched, so that loading and preparing it overlaps with the computation.
         per_fix: dict[str, np.ndarray] = {}
         per_img: dict[str, np.ndarray] = {}
+        rescaled: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+        def negatives(n):
+            # All fixations rescaled to image n's size, as metrics.shuffled_negatives; the mask drops n's own.
+            key = (int(sizes[n, 0]), int(sizes[n, 1]))
+            if key not in rescaled:
+                rescaled[key] = (np.trunc(xs_all * (key[1] / sizes[image_of, 1])), np.trunc(ys_all * (key[0] / sizes[image_of, 0])))
+            return rescaled[key] + (image_of != n,)
+
+        def store(idx, out):
+            for key, value in out.items():
+                value = np.asarray(value)[: len(idx)]
+                if key in PER_FIXATION:
+                    target = per_fix.setdefault(key, np.full(xs_all.size, np.nan))
+                    for b, n in enumerate(idx):
+                        target[order[starts[n] : starts[n + 1]]] = value[b, : counts[n]]
+                else:
+                    per_img.setdefault(key, np.full(n_images, np.nan))[idx] = value
+
+        pending = None
         for canvas, idx in batches:
             full, bsizes = batch_sizes(idx)
             arr = canvas_batch(canvas, idx, get, "log density")
@@ -270,30 +325,25 @@ def evaluate(
             if get_baseline is not None:
                 base = canvas_batch(canvas, idx, get_baseline, "baseline log density")
                 base[len(idx) :] = base[0]
-            xs = np.zeros((batch_size, n_pad))
-            ys = np.zeros((batch_size, n_pad))
-            mask = np.zeros((batch_size, n_pad), bool)
-            neg_xs = np.zeros((batch_size, xs_all.size))
-            neg_ys = np.zeros((batch_size, xs_all.size))
-            neg_mask = np.zeros((batch_size, xs_all.size), bool)
+            # Fixations (B, n_pad), then negatives (B, F): one array, one sAUC map lookup (see _sauc_values_kernel).
+            all_xs = np.zeros((batch_size, n_pad + xs_all.size))
+            all_ys = np.zeros((batch_size, n_pad + xs_all.size))
+            all_mask = np.zeros((batch_size, n_pad + xs_all.size), bool)
             for b, n in enumerate(full):
                 own = order[starts[n] : starts[n + 1]]
-                xs[b, : own.size], ys[b, : own.size], mask[b, : own.size] = xs_all[own], ys_all[own], True
-                nx, ny = metrics.shuffled_negatives(n, sizes, xs_all, ys_all, image_of)
-                neg_xs[b, : nx.size], neg_ys[b, : nx.size], neg_mask[b, : nx.size] = nx, ny, True
+                all_xs[b, : own.size], all_ys[b, : own.size], all_mask[b, : own.size] = xs_all[own], ys_all[own], True
+                all_xs[b, n_pad:], all_ys[b, n_pad:], all_mask[b, n_pad:] = negatives(n)
+            xs, ys, mask = all_xs[:, :n_pad], all_ys[:, :n_pad], all_mask[:, :n_pad]
             taps_in = metric_maps.resize_taps(bsizes, compute_sizes, compute_size)
-            out = _batch_kernel(arr, bsizes, xs, ys, mask, base, (float(sigma), blur_mode))
-            out["sAUC"] = _sauc_kernel(
-                arr, bsizes, xs, ys, mask, neg_xs, neg_ys, neg_mask, compute_sizes, baseline_model.average_log_density, float(n_images), taps_in
-            )
-            for key, value in out.items():
-                value = np.asarray(value)[: len(idx)]
-                if key in PER_FIXATION:
-                    store = per_fix.setdefault(key, np.full(xs_all.size, np.nan))
-                    for b, n in enumerate(idx):
-                        store[order[starts[n] : starts[n + 1]]] = value[b, : counts[n]]
-                else:
-                    per_img.setdefault(key, np.full(n_images, np.nan))[idx] = value
+            out = _batch_metrics(arr, bsizes, xs, ys, mask, base, (float(sigma), blur_mode))
+            shuffled = _shuffled_kernel(metric_maps._resize_kernel(arr, *taps_in), compute_sizes, baseline_model.average_log_density, float(n_images))
+            values = _sauc_values_kernel(arr, shuffled, bsizes, all_xs, all_ys, all_mask)
+            out["sAUC"] = _sauc_from_values(values, all_mask, n_pad)
+            if pending is not None:
+                store(*pending)
+            pending = (idx, out)
+        if pending is not None:
+            store(*pending)
 
     summary: dict[str, float] = {}
     per_image: dict[str, np.ndarray] = {}

@@ -93,14 +93,28 @@ def _resize_one(image, rows_lo, rows_hi, rows_w, cols_lo, cols_hi, cols_w):
 
 
 @jax.jit
-def _resize_log_density_kernel(log_density, out_sizes, rows_lo, rows_hi, rows_w, cols_lo, cols_hi, cols_w):
-    """Linear resize of (B, Hc, Wc) canvases to (B, Hc', Wc') canvases, renormalised over each image."""
-    out = jax.vmap(_resize_one)(log_density, rows_lo, rows_hi, rows_w, cols_lo, cols_hi, cols_w)
-    valid = metrics._valid(out, out_sizes)
-    peak = metrics._masked_max(out, valid, axis=(1, 2))[:, None, None]
+def _resize_kernel(maps, rows_lo, rows_hi, rows_w, cols_lo, cols_hi, cols_w):
+    """Linear resize of (B, Hc, Wc) canvases to (B, Hc', Wc') canvases with taps from :func:`resize_taps`."""
+    return jax.vmap(_resize_one)(maps, rows_lo, rows_hi, rows_w, cols_lo, cols_hi, cols_w)
+
+
+def _renormalise(log_density, sizes):
+    """(B, Hc, Wc) log densities minus their logsumexp over each image of ``sizes``, 0 outside it."""
+    valid = metrics._valid(log_density, sizes)
+    (peak,) = metrics._reduce_image(metrics._masked(log_density, valid, "max"))
+    peak = peak[:, None, None]
     # Outside the image the canvas holds finite junk that may exceed the peak: clip before exp.
-    norm = peak + jnp.log(jnp.sum(jnp.exp(jnp.minimum(out - peak, 0)) * valid, axis=(1, 2), keepdims=True))
-    return (out - norm) * valid
+    (total,) = metrics._reduce_image((jnp.exp(jnp.minimum(log_density - peak, 0)) * valid, "sum"))
+    return (log_density - peak - jnp.log(total)[:, None, None]) * valid
+
+
+_renormalise_kernel = jax.jit(_renormalise)
+
+
+def _resize_log_density_kernel(log_density, out_sizes, *taps):
+    """Resize then renormalise, as two dispatches: the resized maps are materialised in between, where
+    XLA would otherwise recompute the interpolation inside every reduction (several times slower)."""
+    return _renormalise_kernel(_resize_kernel(log_density, *taps), out_sizes)
 
 
 def resize_log_density(log_density, shape: tuple[int, int]) -> np.ndarray:

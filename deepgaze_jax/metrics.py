@@ -44,6 +44,41 @@ _PAD_MODES = {"reflect": "symmetric", "nearest": "edge", "constant": "constant",
 # ----------------------------------------------------------------------------------------------------
 
 
+# Image statistics come from :func:`_reduce_image`: one variadic reduction over the two image axes of
+# (B, Hc, Wc) arrays. XLA on CPU runs it as one fused pass, where separate jnp.sum / max / min calls on
+# the same input materialise the input (and the validity mask) once per reduction, about ten times
+# slower; and never over a flattened copy, which would recompute each pixel's row and column.
+_IMAGE = (1, 2)
+_COMBINE = {"sum": jax.lax.add, "max": jax.lax.max, "min": jax.lax.min}
+
+
+def _reduce_image(*terms: tuple[jax.Array, str]) -> tuple[jax.Array, ...]:
+    """(array (B, Hc, Wc), "sum" | "max" | "min") pairs -> one (B,) result per pair, in one pass.
+
+    XLA hands a lone reduction to its YNNPACK fusion, which materialises the fused input first, so a
+    single term gets a companion (its maximum), kept alive by a comparison that is only false for NaN.
+    Keep the elementwise terms of different passes distinct: a subexpression shared by two passes is
+    materialised once instead of fused into both.
+    """
+    if len(terms) == 1:
+        result, companion = _reduce_image(terms[0], (terms[0][0], "max"))
+        return (jnp.where(companion == companion, result, jnp.nan),)
+    arrays = tuple(a for a, _ in terms)
+    kinds = tuple(k for _, k in terms)
+    init = tuple(jnp.asarray({"sum": 0, "max": -jnp.inf, "min": jnp.inf}[k], a.dtype) for a, k in terms)
+
+    def combine(x, y):
+        return tuple(_COMBINE[k](a, b) for k, a, b in zip(kinds, x, y))
+
+    return tuple(jax.lax.reduce(arrays, init, combine, _IMAGE))
+
+
+def _masked(maps: jax.Array, valid: jax.Array, kind: str) -> tuple[jax.Array, str]:
+    """A term for :func:`_reduce_image`: the max or min of ``maps`` over the pixels where valid is 1."""
+    big = jnp.finfo(maps.dtype).max
+    return maps * valid + (valid - 1) * (big if kind == "max" else -big), kind
+
+
 def _valid(maps: jax.Array, sizes: jax.Array) -> jax.Array:
     """(B, Hc, Wc) in the maps' dtype: 1 for pixels inside each image, 0 outside.
 
@@ -56,14 +91,12 @@ def _valid(maps: jax.Array, sizes: jax.Array) -> jax.Array:
     return rows * cols
 
 
-def _masked_max(flat: jax.Array, valid: jax.Array, axis=None) -> jax.Array:
-    big = jnp.finfo(flat.dtype).max
-    return jnp.max(flat * valid + (valid - 1) * big, axis=axis)
+def _masked_max(maps: jax.Array, valid: jax.Array, axis=None) -> jax.Array:
+    return jnp.max(_masked(maps, valid, "max")[0], axis=axis)
 
 
-def _masked_min(flat: jax.Array, valid: jax.Array, axis=None) -> jax.Array:
-    big = jnp.finfo(flat.dtype).max
-    return jnp.min(flat * valid + (1 - valid) * big, axis=axis)
+def _masked_min(maps: jax.Array, valid: jax.Array, axis=None) -> jax.Array:
+    return jnp.min(_masked(maps, valid, "min")[0], axis=axis)
 
 
 def _flat_indices(xs: jax.Array, ys: jax.Array, mask: jax.Array, width: int) -> jax.Array:
@@ -74,9 +107,13 @@ def _flat_indices(xs: jax.Array, ys: jax.Array, mask: jax.Array, width: int) -> 
 
 
 def _gather(maps: jax.Array, xs: jax.Array, ys: jax.Array, mask: jax.Array) -> jax.Array:
-    batch, _, width = maps.shape
-    idx = _flat_indices(xs, ys, mask, width)
-    return jnp.take_along_axis(maps.reshape(batch, -1), idx, axis=1)
+    """(B, Hc, Wc) maps read at (B, N) fixations -> (B, N); padded positions read pixel [0, 0].
+
+    Indexed in 3-D: flattening a map that XLA fuses into the gather would cost a division per element.
+    """
+    iy = jnp.where(mask, jnp.trunc(ys).astype(jnp.int32), 0)
+    ix = jnp.where(mask, jnp.trunc(xs).astype(jnp.int32), 0)
+    return jax.vmap(lambda m, y, x: m[y, x])(maps, iy, ix)
 
 
 @jax.jit
@@ -92,75 +129,111 @@ def _information_gain_kernel(log_density, baseline_log_density, xs, ys, mask):
     return jnp.where(mask, values, jnp.nan)
 
 
-def _count_below_and_equal(thresholds_sorted: jax.Array, values: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """For each threshold t_i (ascending): weighted counts of values v < t_i and of values v == t_i.
+def _search_group(n: int) -> int:
+    """Thresholds per group of :func:`_bin_values`: a power of 2 that keeps the groups at most 32."""
+    group = 8
+    while n > 32 * group:
+        group *= 2
+    return group
 
-    One binary search per value, ``a(v) = searchsorted(t, v, 'right')`` (v < t_i exactly when
-    a(v) <= i; v equals a threshold exactly when t[a(v) - 1] == v), and one histogram of a(v):
-    O(M log N) for M values and N thresholds, no (M, N) comparison matrix.
+
+def _bin_values(thresholds_sorted: jax.Array, values: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(B, N) ascending thresholds, (B, ...) values -> ``a(v) = #{t <= v}`` (int32) and ``t[a(v) - 1] == v``.
+
+    A two-level search, because gathers are slow in XLA on CPU and elementwise comparisons are not: the
+    thresholds are cut into groups of ``S`` (padded with +inf), each value's group is found by comparing it
+    with the last threshold of every group (elementwise), and its place inside the group by a
+    branchless binary search (log2(S) + 1 gathers). The largest threshold passed on the way is
+    t[a(v) - 1], so equality needs no further gather.
     """
-    n = thresholds_sorted.shape[0]
-    bins = jnp.searchsorted(thresholds_sorted, values, side="right")
-    equal = (bins > 0) & (thresholds_sorted[jnp.maximum(bins - 1, 0)] == values)
-    payload = jnp.stack([weights, weights * equal], axis=-1)
-    hist = jnp.zeros((n + 1, 2), weights.dtype).at[bins].add(payload)
-    less = jnp.cumsum(hist[:, 0])[:-1]
+    batch, n = thresholds_sorted.shape
+    per_image = (batch,) + (1,) * (values.ndim - 1)
+    group = _search_group(n)
+    n_groups = -(-n // group)
+    table = jnp.pad(thresholds_sorted, ((0, 0), (0, n_groups * group - n)), constant_values=jnp.inf)
+    below = jnp.full(values.shape, -jnp.inf, values.dtype)  # the largest threshold <= v found so far
+    pos = jnp.zeros(values.shape, jnp.int32)
+    for j in range(1, n_groups):
+        pivot = table[:, j * group - 1].reshape(per_image)
+        passed = pivot <= values
+        pos = pos + passed.astype(jnp.int32)
+        below = jnp.where(passed, pivot, below)
+    offset = (jnp.arange(batch, dtype=jnp.int32) * table.shape[1]).reshape(per_image)
+    pos = pos * group + offset
+    flat_table = table.reshape(-1)
+    step = group // 2
+    while step >= 1:
+        candidate = flat_table.at[pos + step - 1].get(mode="promise_in_bounds")
+        passed = candidate <= values
+        pos = pos + step * passed.astype(jnp.int32)
+        below = jnp.where(passed, candidate, below)
+        step //= 2
+    candidate = flat_table.at[pos].get(mode="promise_in_bounds")
+    passed = candidate <= values
+    pos = pos + passed.astype(jnp.int32)
+    below = jnp.where(passed, candidate, below)
+    return pos - offset, below == values
+
+
+def _count_below_and_equal(thresholds_sorted: jax.Array, values: jax.Array, include: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """For each threshold t_i (ascending): counts of included values v < t_i and of those v == t_i.
+
+    thresholds_sorted (B, N), values and include (B, ...) -> two (B, N) arrays in the values' dtype.
+    One search per value (:func:`_bin_values`: v < t_i exactly when a(v) <= i) and one integer
+    histogram of ``2 a(v) + [v equals a threshold]``: O(M log N), no (M, N) comparison matrix, no sort
+    of the values. Excluded values go to a bin of their own.
+    """
+    batch, n = thresholds_sorted.shape
+    bins, equal = _bin_values(thresholds_sorted, values)
+    n_bins = 2 * (n + 1) + 1
+    key = jnp.where(include, 2 * bins + equal.astype(jnp.int32), n_bins - 1)
+    key = key + (jnp.arange(batch, dtype=jnp.int32) * n_bins).reshape((batch,) + (1,) * (values.ndim - 1))
+    hist = jnp.zeros(batch * n_bins, jnp.int32).at[key].add(1, mode="promise_in_bounds")
+    hist = hist.reshape(batch, n_bins)[:, :-1].reshape(batch, n + 1, 2)
+    less = jnp.cumsum(hist[:, :, 0] + hist[:, :, 1], axis=1)[:, :-1]
     # Values equal to t_i land in the bin after the last copy of t_i.
-    last = jnp.searchsorted(thresholds_sorted, thresholds_sorted, side="right")
-    return less, hist[last, 1]
+    last = jax.vmap(lambda t: jnp.searchsorted(t, t, side="right"))(thresholds_sorted)
+    equal_counts = jnp.take_along_axis(hist[:, :, 1], last, axis=1)
+    return less.astype(values.dtype), equal_counts.astype(values.dtype)
 
 
 def _sorted_positives(positives, positive_mask):
+    """(B, N) -> the positives ascending with +inf at padded positions, and the sorting permutation."""
     pos = jnp.where(positive_mask, positives, jnp.inf)
-    order = jnp.argsort(pos)
-    return pos[order], order
+    order = jnp.argsort(pos, axis=1)
+    return jnp.take_along_axis(pos, order, axis=1), order
 
 
 def _unsort(sorted_values, order, positive_mask):
-    values = jnp.zeros_like(sorted_values).at[order].set(sorted_values)
+    values = jax.vmap(lambda s, o: jnp.zeros_like(s).at[o].set(s))(sorted_values, order)
     return jnp.where(positive_mask, values, jnp.nan)
 
 
 def _auc_per_positive(positives, positive_mask, negatives, negative_mask):
-    """(N,), (M,) -> (N,): ``(#{neg < pos} + 0.5 #{neg == pos}) / #neg`` for every positive."""
+    """(B, N), (B, M) -> (B, N): ``(#{neg < pos} + 0.5 #{neg == pos}) / #neg`` for every positive."""
     sorted_pos, order = _sorted_positives(positives, positive_mask)
-    weights = negative_mask.astype(negatives.dtype)
-    less, equal = _count_below_and_equal(sorted_pos, negatives * weights, weights)
-    return _unsort((less + 0.5 * equal) / jnp.sum(weights), order, positive_mask)
+    less, equal = _count_below_and_equal(sorted_pos, negatives, negative_mask)
+    count = jnp.sum(negative_mask, axis=1).astype(negatives.dtype)[:, None]
+    return _unsort((less + 0.5 * equal) / count, order, positive_mask)
 
 
-def _flat(maps: jax.Array, sizes: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(B, Hc, Wc) canvases -> (B, Hc*Wc) values and validity: reductions run fastest on flat rows."""
-    batch = maps.shape[0]
-    return maps.reshape(batch, -1), _valid(maps, sizes).reshape(batch, -1)
+def _judd_one(low_top, sorted_pos, less, n_valid, positives, idx, mask):
+    """AUC-Judd of one image from the counts of pixels below each sorted fixated value.
 
-
-def _auc_and_judd_one(flat, valid, xs, ys, mask, width):
-    """AUC per fixation (all pixels negative) and AUC-Judd of one flattened map, from one pass of counts.
-
-    AUC-Judd (pysaliency's ``general_roc(..., judd=1)``): thresholds at the fixated values plus one above
-    and one at the bottom of everything, positives the fixated values (repeats included), negatives the
-    unfixated pixels. Counts of unfixated pixels below a threshold are the counts of all pixels minus
-    those of the (at most N) distinct fixated pixels.
+    pysaliency's ``general_roc(..., judd=1)``: thresholds at the fixated values plus one above and one at
+    the bottom of everything, positives the fixated values (repeats included), negatives the unfixated
+    pixels. Counts of unfixated pixels below a threshold are the counts of all pixels minus those of
+    the (at most N) distinct fixated pixels.
     """
-    dtype = flat.dtype
+    dtype = less.dtype
     n_fix = mask.shape[0]
-    idx = _flat_indices(xs, ys, mask, width)
-    positives = flat[idx]
-    sorted_pos, order = _sorted_positives(positives, mask)
-    weights = valid
-    less, equal = _count_below_and_equal(sorted_pos, flat * valid, weights)
-    n_valid = jnp.sum(weights)
-    auc = _unsort((less + 0.5 * equal) / n_valid, order, mask)
-
     # Distinct fixated pixels: a fixation counts if no earlier real fixation hit the same pixel.
     earlier = jnp.tril(jnp.ones((n_fix, n_fix), bool), k=-1)
     repeated = jnp.any(earlier & (idx[:, None] == idx[None, :]) & mask[None, :], axis=1)
     distinct = mask & ~repeated
     n_pos = jnp.sum(mask).astype(dtype)
     n_neg = n_valid - jnp.sum(distinct).astype(dtype)
-    low = _masked_min(flat, valid)
-    top = _masked_max(flat, valid) + 1
+    low, top = low_top
     # Thresholds ascending: low, the sorted positives (padding -> top), top.
     thresholds = jnp.concatenate([low[None], jnp.where(jnp.isfinite(sorted_pos), sorted_pos, top), top[None]])
     below_all = jnp.concatenate([jnp.zeros(1, dtype), jnp.where(jnp.isfinite(sorted_pos), less, n_valid), n_valid[None]])
@@ -170,16 +243,22 @@ def _auc_and_judd_one(flat, valid, xs, ys, mask, width):
     # Along the curve thresholds descend; the leading (0, 0) is pysaliency's.
     hit_rate = jnp.concatenate([jnp.zeros(1, dtype), (tp / n_pos)[::-1]])
     false_rate = jnp.concatenate([jnp.zeros(1, dtype), (fp / n_neg)[::-1]])
-    judd = jnp.sum(jnp.diff(false_rate) * (hit_rate[1:] + hit_rate[:-1]) / 2)
-    return auc, judd
+    return jnp.sum(jnp.diff(false_rate) * (hit_rate[1:] + hit_rate[:-1]) / 2)
 
 
 @jax.jit
 def _auc_and_judd_kernel(saliency_map, sizes, xs, ys, mask):
-    """-> (B, N) AUC per fixation against all pixels, (B,) AUC-Judd."""
-    flat, valid = _flat(saliency_map, sizes)
-    one = functools.partial(_auc_and_judd_one, width=saliency_map.shape[2])
-    return jax.vmap(one)(flat, valid, xs, ys, mask)
+    """-> (B, N) AUC per fixation against all pixels, (B,) AUC-Judd, from one pass of counts."""
+    valid = _valid(saliency_map, sizes)
+    positives = _gather(saliency_map, xs, ys, mask)
+    sorted_pos, order = _sorted_positives(positives, mask)
+    less, equal = _count_below_and_equal(sorted_pos, saliency_map, valid > 0)
+    n_valid = _count(sizes, saliency_map.dtype)
+    auc = _unsort((less + 0.5 * equal) / n_valid[:, None], order, mask)
+    idx = _flat_indices(xs, ys, mask, saliency_map.shape[2])
+    top, low = _reduce_image(_masked(saliency_map, valid, "max"), _masked(saliency_map, valid, "min"))
+    judd = jax.vmap(_judd_one)((low, top + 1), sorted_pos, less, n_valid, positives, idx, mask)
+    return auc, judd
 
 
 @jax.jit
@@ -196,65 +275,78 @@ def _auc_judd_kernel(saliency_map, sizes, xs, ys, mask):
 def _auc_negatives_kernel(saliency_map, xs, ys, mask, neg_xs, neg_ys, neg_mask):
     positives = _gather(saliency_map, xs, ys, mask)
     negatives = _gather(saliency_map, neg_xs, neg_ys, neg_mask)
-    return jax.vmap(_auc_per_positive)(positives, mask, negatives, neg_mask)
+    return _auc_per_positive(positives, mask, negatives, neg_mask)
 
 
-def _is_constant(flat: jax.Array, valid: jax.Array) -> jax.Array:
-    return _masked_max(flat, valid, axis=1) == _masked_min(flat, valid, axis=1)
-
-
-def _centred(flat: jax.Array, valid: jax.Array) -> jax.Array:
-    """Flat maps minus their mean over the image, 0 outside it."""
-    count = jnp.sum(valid, axis=1)
-    mean = jnp.sum(flat * valid, axis=1) / count
-    return (flat - mean[:, None]) * valid
+def _count(sizes: jax.Array, dtype) -> jax.Array:
+    """(B,) pixels per image."""
+    return (sizes[:, 0] * sizes[:, 1]).astype(dtype)
 
 
 @jax.jit
 def _nss_kernel(saliency_map, sizes, xs, ys, mask):
-    flat, valid = _flat(saliency_map, sizes)
-    count = jnp.sum(valid, axis=1)
-    centred = _centred(flat, valid)
-    std = jnp.sqrt(jnp.sum(centred**2, axis=1) / count)
-    std = jnp.where(_is_constant(flat, valid), jnp.inf, std)  # a constant map scores 0 everywhere
-    idx = _flat_indices(xs, ys, mask, saliency_map.shape[2])
-    values = jnp.take_along_axis(centred, idx, axis=1) / std[:, None]
+    valid = _valid(saliency_map, sizes)
+    count = _count(sizes, saliency_map.dtype)
+    total, top = _reduce_image((saliency_map * valid, "sum"), _masked(saliency_map, valid, "max"))
+    mean = (total / count)[:, None, None]
+    squares, low = _reduce_image((((saliency_map - mean) * valid) ** 2, "sum"), _masked(saliency_map, valid, "min"))
+    std = jnp.where(top == low, jnp.inf, jnp.sqrt(squares / count))  # a constant map scores 0 everywhere
+    values = (_gather(saliency_map, xs, ys, mask) - mean[:, :, 0]) / std[:, None]
     return jnp.where(mask, values, jnp.nan)
+
+
+def _pair_metrics(map_1, map_2, sizes):
+    """CC, KLDiv and SIM of (B, Hc, Wc) map pairs in three fused passes -> three (B,) arrays.
+
+    CC: Pearson correlation; as pysaliency, 0 when only map_1 is constant, NaN when map_2 is.
+    KLDiv and SIM compare the maps converted to densities as pysaliency's
+    convert_saliency_map_to_density(minimum_value=0): shifted to minimum 0 when negative, divided by
+    the sum (uniform when the sum is 0); map_1 is the model, map_2 the empirical map.
+    """
+    dtype = map_1.dtype
+    valid = _valid(map_1, sizes)
+    count = _count(sizes, dtype)
+    sum_1, sum_2, max_1, min_1, max_2, min_2 = _reduce_image(
+        (map_1 * valid, "sum"), (map_2 * valid, "sum"),
+        _masked(map_1, valid, "max"), _masked(map_1, valid, "min"), _masked(map_2, valid, "max"), _masked(map_2, valid, "min"),
+    )
+    image = lambda x: x[:, None, None]  # noqa: E731
+    a = (map_1 - image(sum_1 / count)) * valid
+    b = (map_2 - image(sum_2 / count)) * valid
+    ab, aa, bb = _reduce_image((a * b, "sum"), (a * a, "sum"), (b * b, "sum"))
+    cc = ab / jnp.sqrt(aa * bb)
+    cc = jnp.where(max_2 == min_2, jnp.nan, jnp.where(max_1 == min_1, 0.0, cc))
+
+    def density(maps, total, minimum):
+        # Shifting by -minimum adds count * -minimum to the sum (0 for the nonnegative maps of the driver).
+        shift = jnp.minimum(minimum, 0)
+        total = total - shift * count
+        scale = jnp.where(total != 0, 1 / jnp.where(total != 0, total, 1), 0)
+        return jnp.where(image(total) != 0, (maps - image(shift)) * valid * image(scale), valid / image(count))
+
+    p_model, p_emp = density(map_1, sum_1, min_1), density(map_2, sum_2, min_2)
+    kl, sim = _reduce_image((p_emp * jnp.log(KLDIV_EPS + p_emp / (p_model + KLDIV_EPS)), "sum"), (jnp.minimum(p_model, p_emp), "sum"))
+    return cc, kl, sim
 
 
 @jax.jit
 def _cc_kernel(map_1, map_2, sizes):
-    flat_1, valid = _flat(map_1, sizes)
-    flat_2, _ = _flat(map_2, sizes)
-    a, b = _centred(flat_1, valid), _centred(flat_2, valid)
-    cc = jnp.sum(a * b, axis=1) / jnp.sqrt(jnp.sum(a * a, axis=1) * jnp.sum(b * b, axis=1))
-    # As pysaliency: a constant prediction against a non-constant map scores 0; a constant second map
-    # leaves the correlation undefined (NaN).
-    return jnp.where(_is_constant(flat_2, valid), jnp.nan, jnp.where(_is_constant(flat_1, valid), 0.0, cc))
-
-
-def _to_density(flat: jax.Array, valid: jax.Array) -> jax.Array:
-    """pysaliency's convert_saliency_map_to_density(minimum_value=0): shift to min 0, divide by sum."""
-    minimum = _masked_min(flat, valid, axis=1)[:, None]
-    flat = (flat - jnp.minimum(minimum, 0)) * valid
-    total = jnp.sum(flat, axis=1, keepdims=True)
-    count = jnp.sum(valid, axis=1, keepdims=True)
-    return jnp.where(total != 0, flat / jnp.where(total != 0, total, 1), valid / count)
+    return _pair_metrics(map_1, map_2, sizes)[0]
 
 
 @jax.jit
 def _kl_div_kernel(saliency_map, empirical_map, sizes):
-    flat_1, valid = _flat(saliency_map, sizes)
-    flat_2, _ = _flat(empirical_map, sizes)
-    p_model, p_emp = _to_density(flat_1, valid), _to_density(flat_2, valid)
-    return jnp.sum(p_emp * jnp.log(KLDIV_EPS + p_emp / (p_model + KLDIV_EPS)), axis=1)
+    return _pair_metrics(saliency_map, empirical_map, sizes)[1]
 
 
 @jax.jit
 def _sim_kernel(map_1, map_2, sizes):
-    flat_1, valid = _flat(map_1, sizes)
-    flat_2, _ = _flat(map_2, sizes)
-    return jnp.sum(jnp.minimum(_to_density(flat_1, valid), _to_density(flat_2, valid)), axis=1)
+    return _pair_metrics(map_1, map_2, sizes)[2]
+
+
+@jax.jit
+def _pair_metrics_kernel(map_1, map_2, sizes):
+    return _pair_metrics(map_1, map_2, sizes)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -297,25 +389,49 @@ def _extension(positions: jax.Array, lengths: jax.Array, mode: str) -> tuple[jax
     return idx, weight
 
 
-def _blur_axis(x: jax.Array, lengths: jax.Array, axis: int, kernel: np.ndarray, mode: str) -> jax.Array:
-    """Correlate (B, Hc, Wc) along ``axis`` (1 or 2) with a symmetric kernel, each image at its length.
+def _along(values: jax.Array, axis: int, ndim: int) -> jax.Array:
+    """(B, P) per-image values -> broadcastable along ``axis`` of a (B, ...) array of ``ndim`` dims."""
+    shape = [values.shape[0]] + [1] * (ndim - 1)
+    shape[axis] = values.shape[1]
+    return values.reshape(shape)
 
-    The signal is extended by the kernel radius with the boundary rule, then convolved by FFT: the
-    circular convolution is exact on the image because no output there reaches the wrap-around.
+
+def _fft_length(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n: XLA's FFT on CPU is up to twice as slow on lengths with large factors."""
+    best = 1 << (n - 1).bit_length()
+    p3 = 1
+    while p3 < best:
+        p35 = p3
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 5
+        p3 *= 3
+    return best
+
+
+def _blur_axis(x: jax.Array, lengths: jax.Array, axis: int, kernel: np.ndarray, mode: str) -> jax.Array:
+    """Correlate (B, ...) along ``axis`` (1 or 2) with a symmetric kernel, each image at its length.
+
+    The signal is extended by the kernel radius with the boundary rule (a gather of whole rows or
+    columns), zero-padded to a fast FFT length and convolved by FFT: the circular convolution is exact
+    on the image because no output there reaches the wrap-around. Values past each image's length come
+    back undefined.
     """
     radius = (kernel.shape[0] - 1) // 2
     length = x.shape[axis]
-    n = length + 2 * radius
-    idx, weight = _extension(jnp.arange(n) - radius, lengths, mode)
-    moved = jnp.moveaxis(x, axis, 1)  # (B, L, other)
-    padded = jax.vmap(lambda m, i, w: m[i] * w[:, None])(moved, idx, weight.astype(x.dtype))
+    n = _fft_length(length + 2 * radius)
+    idx, weight = _extension(jnp.arange(length + 2 * radius) - radius, lengths, mode)
+    padded = jax.vmap(lambda m, i: jnp.take(m, i, axis=axis - 1))(x, idx) * _along(weight.astype(x.dtype), axis, x.ndim)
     taps = np.zeros(n)
     taps[: radius + 1] = kernel[radius:]
     if radius:
         taps[-radius:] = kernel[:radius]
-    spectrum = jnp.fft.rfft(padded, axis=1) * jnp.asarray(np.fft.rfft(taps))[None, :, None]
-    full = jnp.fft.irfft(spectrum, n=n, axis=1)
-    return jnp.moveaxis(full[:, radius : radius + length], 1, axis)
+    response = np.fft.rfft(taps).reshape([-1 if d == axis else 1 for d in range(x.ndim)])
+    full = jnp.fft.irfft(jnp.fft.rfft(padded, n=n, axis=axis) * response, n=n, axis=axis)
+    return jax.lax.slice_in_dim(full, radius, radius + length, axis=axis)
 
 
 @functools.partial(jax.jit, static_argnames=("sigma", "mode", "truncate"))
@@ -334,24 +450,54 @@ def _fixation_counts_kernel(xs, ys, mask, template):
     return counts.reshape(template.shape)
 
 
+def _delta_profiles(positions, lengths, length: int, sigma: float, truncate: float, mode: str, dtype) -> jax.Array:
+    """Blurred unit impulses: (B, N) pixel positions (-1: none) on axes of ``lengths`` -> (B, N, length).
+
+    Row n of image b is ``gaussian_filter1d`` of the impulse at positions[b, n] along an axis of
+    lengths[b] (undefined past it). For 'reflect' on axes at least one kernel radius long, each output
+    sums the kernel at three offsets (the impulse and its two mirror images), elementwise; otherwise
+    the impulses are blurred by FFT.
+    """
+    kernel = gaussian_kernel_1d(sigma, truncate)
+    radius = (kernel.shape[0] - 1) // 2
+    deltas = (jnp.arange(length)[None, None, :] == positions[:, :, None]).astype(dtype)
+
+    def by_fft():
+        return _blur_axis(deltas, lengths, 2, kernel, mode)
+
+    if mode != "reflect" or radius > length:
+        return by_fft()
+
+    def closed_form():
+        # scipy's weights: exp(-x^2 / (2 sigma^2)), normalised by their sum over the truncated support.
+        scale, norm = -0.5 / float(sigma) ** 2, float(np.exp(-0.5 / float(sigma) ** 2 * np.arange(-radius, radius + 1.0) ** 2).sum())
+        y = jnp.arange(length)[None, None, :]
+        i = positions[:, :, None]
+        out = jnp.zeros(deltas.shape, dtype)
+        for offset in (i - y, -1 - i - y, 2 * lengths[:, None, None] - 1 - i - y):  # x[i], x[-1-i], x[2L-1-i]
+            out = out + jnp.where(jnp.abs(offset) <= radius, jnp.exp(scale * (offset * offset).astype(dtype)), 0)
+        return out * (positions[:, :, None] >= 0) / norm
+
+    return jax.lax.cond(jnp.all(lengths >= radius), closed_form, by_fft)
+
+
 @functools.partial(jax.jit, static_argnames=("sigma", "mode", "truncate"))
 def _fixation_map_kernel(xs, ys, mask, template, sizes, sigma: float, mode: str = "reflect", truncate: float = 4.0):
     """Blurred fixation counts on the canvas of ``template`` (B, Hc, Wc).
 
-    Fixations are sparse, so the horizontal pass blurs only one row per fixation, (B, N, Wc); those rows
-    are then added into the canvas at each fixation's y and blurred vertically. Same result as counting
-    first and blurring the whole map, one full-size FFT pass fewer.
+    The blur is separable and linear, so the map is a sum over fixations of outer products: each
+    fixation's blurred row profile (B, N, Wc) times its blurred column profile (B, N, Hc), one batched
+    matrix product. Same result as counting first and blurring the whole map, without full-size FFTs.
     """
     batch, height, width = template.shape
-    kernel = gaussian_kernel_1d(sigma, truncate)
-    ix = jnp.where(mask, jnp.trunc(xs).astype(jnp.int32), 0)
-    iy = jnp.where(mask, jnp.trunc(ys).astype(jnp.int32), 0)
-    deltas = (jnp.arange(width)[None, None, :] == ix[:, :, None]) * mask[:, :, None].astype(template.dtype)
-    rows = _blur_axis(deltas, sizes[:, 1], 2, kernel, mode)  # (B, N, Wc)
-    canvas = jax.vmap(lambda c, y, r: c.at[y].add(r))(jnp.zeros_like(template), iy, rows)
-    blurred = _blur_axis(canvas, sizes[:, 0], 1, kernel, mode) * _valid(template, sizes)
+    dtype = template.dtype
+    ix = jnp.where(mask, jnp.trunc(xs).astype(jnp.int32), -1)
+    iy = jnp.where(mask, jnp.trunc(ys).astype(jnp.int32), -1)
+    rows = _delta_profiles(ix, sizes[:, 1], width, sigma, truncate, mode, dtype)
+    cols = _delta_profiles(iy, sizes[:, 0], height, sigma, truncate, mode, dtype)
+    blurred = jnp.einsum("byn,bnx->byx", jnp.swapaxes(cols, 1, 2), rows, precision=jax.lax.Precision.HIGHEST)
     # FFT round-off leaves ~1e-17 of the peak where the exact value is 0; a count map is nonnegative.
-    return jnp.maximum(blurred, 0)
+    return jnp.maximum(blurred, 0) * _valid(template, sizes)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import pathlib
 import platform
 import sys
@@ -32,21 +33,27 @@ from scipy.ndimage import zoom
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import jax  # noqa: E402
+
 from deepgaze_jax import evaluation  # noqa: E402
 
 KLDIV_EPS = 2.2204e-16
+NOTES_COMMON = """Both sides read the same float32 `.npy` predictions (as float64) and time that loading separately; both
+compute in float64. Ours makes every map once per image in one pass over the dataset (plus a first pass for
+the shuffled baseline, as pysaliency's). XLA may run some of our operations on both cores; numpy and scipy in
+pysaliency mostly use one. The runs are sequential, not interleaved: other jobs on the machine (see the load
+averages) slow both sides, not necessarily equally.
+"""
 NOTES_CACHE_OFF = """
 Notes on fairness: pysaliency runs with `caching=False` on the blurred prediction, the empirical
-`FixationMap` and the shuffled baseline (cached, they need about 6 MB per image and map), so it recomputes
-the blurred prediction and the empirical map once per metric (CC, KLDiv, SIM); `--pysaliency-caching` lets
-it keep them in memory. Both sides read the same float32 `.npy` predictions and time that loading
-separately. Other jobs may share the machine.
-"""
+`FixationMap` and the shuffled baseline (cached, they need about 6 MB per image and map, over 12 GB for
+MIT1003), so it computes the blurred prediction and the empirical map once per metric (CC, KLDiv, SIM);
+`--pysaliency-caching` keeps them in memory, as its default does (a separate results file).
+""" + NOTES_COMMON
 NOTES_CACHE_ON = """
 Notes on fairness: pysaliency keeps its blurred predictions, empirical maps and shuffled baselines in memory
-(its default), so CC, KLDiv and SIM share them as our single pass does. Both sides read the same float32
-`.npy` predictions and time that loading separately. Other jobs may share the machine.
-"""
+(its default), so CC, KLDiv and SIM share them as our single pass does.
+""" + NOTES_COMMON
 
 
 def load_mit1003(root: pathlib.Path):
@@ -155,7 +162,7 @@ def main() -> None:
                 np.save(path, stand_in_prediction(n, sizes[n]).astype(np.float32))
     print(f"{len(names)} images, {xs.size} fixations, predictions from {folder}", flush=True)
 
-    report = {"machine": args.machine, "platform": platform.platform(), "sigma": args.sigma, "predictions": str(folder) if args.predictions else "stand-in (centre bias + smooth random map)"}
+    report = {"machine": args.machine, "platform": platform.platform(), "cpus": os.cpu_count(), "load_average_start": os.getloadavg(), "sigma": args.sigma, "predictions": str(folder) if args.predictions else "stand-in (centre bias + smooth random map)"}
 
     subset = np.arange(0, len(names), args.pysaliency_every)
     keep = np.isin(ns, subset)
@@ -208,13 +215,16 @@ def main() -> None:
     }
     print("subset:", json.dumps(report["subset"], indent=1), flush=True)
 
+    report["load_average_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     s = report["subset"]
+    subset_label = "all of MIT1003" if s["every"] == 1 else f"every {s['every']}th image of MIT1003"
     lines = [
         "# Metrics speed: deepgaze_jax against pysaliency on MIT1003",
         "",
-        f"Machine: {args.machine} ({report['platform']}); JAX on CPU, float64. Predictions: {report['predictions']}.",
+        f"Machine: {args.machine} ({report['platform']}, {report['cpus']} CPUs; load average {report['load_average_start'][0]:.1f} at the start, "
+        f"{report['load_average_end'][0]:.1f} at the end); JAX {jax.__version__} on CPU, float64. Predictions: {report['predictions']}.",
         "Metrics: LL, AUC, sAUC, NSS, AUC-Judd (no jitter), CC, KLDiv, SIM (blurred density), each with its metric-specific map,",
         f"empirical maps with sigma {args.sigma:g} px; pysaliency 0.2.22 via its model classes (shuffled baseline with library='numpy'), "
         f"its in-memory caches {'on' if args.pysaliency_caching else 'off'}.",
@@ -229,11 +239,11 @@ def main() -> None:
     ]
     if "ours_all" in report:
         a = report["ours_all"]
-        lines.append(f"| ours, all images, first run | {a['images']} | {a['fixations']} | {a['seconds']:.1f} | {a['loading_seconds']:.1f} |")
+        lines.append(f"| ours, all images (after the runs above) | {a['images']} | {a['fixations']} | {a['seconds']:.1f} | {a['loading_seconds']:.1f} |")
     lines += [
         "",
         f"**Speed-up: {s['speedup']:.1f}x** against our second run, {s['pysaliency_seconds'] / s['ours_first_run_seconds']:.1f}x against our first run with compilation; "
-        f"{s['speedup_excluding_loading']:.1f}x excluding the time both spend loading predictions (images: every {s['every']}th of MIT1003).",
+        f"{s['speedup_excluding_loading']:.1f}x excluding the time both spend loading predictions (images: {subset_label}).",
         f"Largest absolute difference between the two libraries' dataset scores: {s['max_abs_difference']:.2e}.",
         "",
         "| metric | ours | pysaliency | pysaliency seconds |",

@@ -134,6 +134,23 @@ def test_fixation_map_matches_pysaliency_fixation_map():
         np.testing.assert_allclose(metrics.fixation_map(xs, ys, None, (H, W), sigma), expected, atol=1e-12)
 
 
+def test_fixation_map_on_a_canvas_with_an_image_shorter_than_the_kernel_radius():
+    """Closed-form impulse profiles when every image is at least a radius long, the FFT otherwise."""
+    rng = np.random.default_rng(11)
+    sizes = np.array([[24, 32], [10, 12]], np.int32)
+    xs = rng.uniform(0, 1, (2, 20)) * sizes[:, 1:2]
+    ys = rng.uniform(0, 1, (2, 20)) * sizes[:, 0:1]
+    mask = np.ones((2, 20), bool)
+    for sigma, batch in [(2.0, slice(0, 2)), (4.0, slice(0, 2)), (4.0, slice(0, 1))]:  # radius 8 < 10; 16 > 10
+        with metrics.jax.enable_x64(True):
+            out = np.asarray(metrics._fixation_map_kernel(xs[batch], ys[batch], mask[batch], np.zeros((sizes[batch].shape[0], H, W)), sizes[batch], sigma))
+        for b, (h, w) in enumerate(sizes[batch]):
+            counts = np.zeros((h, w))
+            np.add.at(counts, (ys[batch][b].astype(int), xs[batch][b].astype(int)), 1.0)
+            np.testing.assert_allclose(out[b, :h, :w], gaussian_filter(counts, sigma, mode="reflect"), atol=1e-12)
+            assert np.all(out[b, h:] == 0) and np.all(out[b, :, w:] == 0)
+
+
 def test_resize_and_shuffled_baseline_match_pysaliency():
     rng = np.random.default_rng(6)
     sizes = [(H, W), (W, H), (20, 30)]
@@ -230,6 +247,23 @@ def test_evaluate_accepts_a_callable_or_a_one_shot_iterator():
     assert from_callable.summary == from_iterator.summary
     assert set(from_callable.per_image) == {"LL", "AUC", "sAUC", "NSS", "AUC_Judd", "CC", "KLDiv", "SIM"}
     assert all(v.shape == (3,) for v in from_callable.per_image.values())
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, 300])  # group sizes 8 and 16, one group and many, padding
+def test_count_below_and_equal_matches_brute_force_with_ties_and_masks(n):
+    """The two-level search + histogram behind AUC, against direct counting."""
+    rng = np.random.default_rng(n)
+    thresholds = np.sort(np.round(rng.normal(size=(3, n)) * 2) / 2, axis=1)  # quantised: ties
+    thresholds[0, -1] = np.inf  # padded positives arrive as +inf
+    values = np.round(rng.normal(size=(3, 9, 11)) * 2) / 2
+    values[1, 0, :3] = thresholds[1, 0]  # equal to the smallest, below everything else
+    include = rng.random(values.shape) < 0.8
+    with metrics.jax.enable_x64(True):
+        less, equal = (np.asarray(a) for a in metrics.jax.jit(metrics._count_below_and_equal)(thresholds, values, include))
+    for b in range(3):
+        kept = values[b][include[b]]
+        np.testing.assert_array_equal(less[b], [(kept < t).sum() for t in thresholds[b]])
+        np.testing.assert_array_equal(equal[b], [(kept == t).sum() for t in thresholds[b]])
 
 
 # ---------------------------------------------------------------------------------------------------
