@@ -11,6 +11,7 @@ best); the config and the data split are saved as JSON beside them.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import json
@@ -213,7 +214,8 @@ class Batch:
     indices: np.ndarray  # (B,) image indices, -1 for padding
 
 
-def batches(data: FixationSet, batch_size: int, seed: int | None, epoch: int = 0) -> list[Batch]:
+def batches(data: FixationSet, batch_size: int, seed: int | None,
+            epoch: int = 0) -> collections.abc.Sequence[Batch]:
     """Batches grouped by image size (and feature shape), padded to ``batch_size`` with weight-0 images.
 
     With a ``seed`` the order is shuffled deterministically from ``(seed, epoch)``; with ``None`` it is
@@ -231,7 +233,22 @@ def batches(data: FixationSet, batch_size: int, seed: int | None, epoch: int = 0
         chunks += [indices[s : s + batch_size] for s in range(0, len(indices), batch_size)]
     if rng is not None:
         chunks = [chunks[i] for i in rng.permutation(len(chunks))]
-    return [_make_batch(data, chunk, batch_size) for chunk in chunks]
+    return _LazyBatches(data, chunks, batch_size)
+
+
+class _LazyBatches(collections.abc.Sequence):
+    """The batches of an epoch, each stacked only when read (an epoch of VGG features is gigabytes)."""
+
+    def __init__(self, data: FixationSet, chunks: list[np.ndarray], batch_size: int):
+        self._data, self._chunks, self._batch_size = data, chunks, batch_size
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return _make_batch(self._data, self._chunks[index], self._batch_size)
 
 
 def _make_batch(data: FixationSet, chunk: np.ndarray, batch_size: int) -> Batch:
