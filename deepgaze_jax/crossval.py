@@ -148,6 +148,7 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
             gold_bits[i] = gold_nats[rows[i]] / LN2
             fold_model.append(model_bits[i]), fold_cb.append(cb_bits[i]), fold_gold.append(gold_bits[i])
         record = {"fold": fold, **summarise(fold_model, fold_cb, fold_gold), "epochs": result.epochs,
+                  "restarts": result.restarts,
                   "best_val_log_likelihood_per_image": result.best_val, "seconds": time.time() - fold_start,
                   "center_bias_bandwidth": center_bias.bandwidth,
                   "center_bias_uniform_weight": center_bias.uniform_weight,

@@ -129,7 +129,8 @@ class DeepGaze:
             outputs = [resize_nearest(o, shape) for o in outputs]
         return jnp.concatenate(outputs, axis=-1)
 
-    def _grid(self, head_params: Params, features: jax.Array, centerbias: jax.Array) -> jax.Array:
+    def readout(self, head_params: Params, features: jax.Array) -> jax.Array:
+        """The readout network: ``(B, h, w, C)`` features -> ``(B, h, w)`` float32 map on their grid."""
         x = features.astype(jnp.float32)
         readout = head_params["readout"]
         for i in range(len(self.readout_channels)):
@@ -143,9 +144,12 @@ class DeepGaze:
                 x = x + layer["bias"]
             if i < len(self.readout_channels) - 1:
                 x = jax.nn.relu(x)
+        return x[..., 0]
+
+    def _grid(self, head_params: Params, features: jax.Array, centerbias: jax.Array) -> jax.Array:
         fin = head_params["finalizer"]
         return saliency_grid(
-            x[..., 0],
+            self.readout(head_params, features),
             centerbias.astype(jnp.float32),
             fin["sigma"],
             fin["center_bias_weight"],

@@ -214,17 +214,18 @@ class Batch:
     indices: np.ndarray  # (B,) image indices, -1 for padding
 
 
-def batches(data: FixationSet, batch_size: int, seed: int | None,
-            epoch: int = 0) -> collections.abc.Sequence[Batch]:
+def batches(data: FixationSet, batch_size: int, seed: int | None, epoch: int = 0,
+            stream: int = 0) -> collections.abc.Sequence[Batch]:
     """Batches grouped by image size (and feature shape), padded to ``batch_size`` with weight-0 images.
 
-    With a ``seed`` the order is shuffled deterministically from ``(seed, epoch)``; with ``None`` it is
-    the sorted order. Every image appears exactly once per epoch.
+    With a ``seed`` the order is shuffled deterministically from ``(seed, epoch)`` (and ``stream``, when
+    not 0: another sequence of orders); with ``None`` it is the sorted order. Every image appears
+    exactly once per epoch.
     """
     groups: dict[tuple, list[int]] = {}
     for i in range(len(data)):
         groups.setdefault((data.shapes[i], data.features[i].shape), []).append(i)
-    rng = np.random.default_rng([seed, epoch]) if seed is not None else None
+    rng = np.random.default_rng([seed, epoch] + ([stream] if stream else [])) if seed is not None else None
     chunks = []
     for key in sorted(groups):
         indices = np.array(groups[key])
@@ -366,6 +367,21 @@ class Trainer:
         return np.array([b.mean() if len(b) else 0.0 for b in bits])
 
 
+MAX_RESTARTS = 3
+
+
+def readout_is_dead(model: model_lib.DeepGaze, head: dict, features: np.ndarray) -> bool:
+    """Whether the readout's output is one constant on ``(B, h, w, C)`` features: with a ReLU layer
+    whose every unit is inactive, no gradient reaches the layers below it again."""
+    out = np.asarray(model.readout(head, jnp.asarray(features)))
+    return bool(out.max() == out.min())
+
+
+def _step(meta: dict) -> int:
+    """Checkpoint step: epochs run in all, those of restarted runs included (orbax needs it to grow)."""
+    return meta["epoch"] + meta.get("epochs_lost", 0)
+
+
 def _round_up(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
 
@@ -407,7 +423,8 @@ def fit(
 
     Returns:
       ``best_params`` (head), ``best_val`` (bits/fixation, per image), ``history`` (per-epoch dicts),
-      ``epochs`` (run in total).
+      ``epochs`` (run in total), ``restarts`` (how often a readout that died in its first epoch was
+      started over from another initialisation and data order; at most ``MAX_RESTARTS``).
     """
     if len(train) == 0 or train.fixation_count == 0:
         raise ValueError("the training split has no fixations")
@@ -451,14 +468,16 @@ def fit(
                     params=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, best_params))
                 ))["params"]
 
+    probe = batches(train, global_batch, seed=None)[0].features
     epochs_run = 0
     bar = tqdm(total=config.max_epochs, initial=meta["epoch"], desc=config.model, disable=not progress)
     while meta["epoch"] < config.max_epochs and meta["since_best"] < config.patience:
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
             break
         epoch = meta["epoch"]
+        restarts = meta.get("restarts", 0)
         losses, sizes = [], []
-        for batch in batches(train, global_batch, seed=config.seed, epoch=epoch):
+        for batch in batches(train, global_batch, seed=config.seed, epoch=epoch, stream=restarts):
             state, loss = trainer.train_step(state, *trainer.put_batch(batch, centerbias(batch.shape)))
             losses.append(loss)
             sizes.append(batch.weight.sum())
@@ -469,6 +488,23 @@ def fit(
                   "val_ll_fixation": fixation_weighted(val_ll, val)}
         meta["history"].append(record)
         meta["epoch"] = epoch + 1
+        if meta["epoch"] == 1 and readout_is_dead(model, state["params"], probe):
+            # Every unit of a ReLU layer went inactive: no gradient reaches the readout again. Start
+            # over from another initialisation and data order (counted, saved, and resumed as such).
+            restarts += 1
+            if restarts > MAX_RESTARTS:
+                raise RuntimeError(f"the readout died in the first epoch {restarts} times; lower the learning rate")
+            print(f"the readout died in the first epoch; restart {restarts} with a new initialisation", flush=True)
+            state = trainer.init_state(model.init_head(jax.random.fold_in(jax.random.PRNGKey(config.seed), restarts)))
+            best_params = jax.device_get(state["params"])
+            meta = {"epoch": 0, "best_val": -math.inf, "since_best": 0, "history": [], "restarts": restarts,
+                    "epochs_lost": meta.get("epochs_lost", 0) + 1}
+            if latest is not None:
+                latest.save(meta["epochs_lost"], args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+                latest.wait_until_finished()
+            epochs_run += 1
+            continue
         improved = val_image > meta["best_val"]
         if improved:
             meta["best_val"], meta["since_best"] = val_image, 0
@@ -477,9 +513,9 @@ def fit(
             meta["since_best"] += 1
         if latest is not None:
             if improved:
-                best.save(meta["epoch"], args=ocp.args.Composite(params=ocp.args.StandardSave(best_params)))
+                best.save(_step(meta), args=ocp.args.Composite(params=ocp.args.StandardSave(best_params)))
                 best.wait_until_finished()
-            latest.save(meta["epoch"], args=ocp.args.Composite(
+            latest.save(_step(meta), args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
             latest.wait_until_finished()
         epochs_run += 1
@@ -494,5 +530,6 @@ def fit(
         best_val=meta["best_val"],
         history=meta["history"],
         epochs=meta["epoch"],
+        restarts=meta.get("restarts", 0),
         final_state=jax.device_get(state),
     )

@@ -183,3 +183,36 @@ def test_weight_decay_shrinks_only_the_readout_kernels():
         for key in path:
             old, updated = old[key], updated[key]
         np.testing.assert_array_equal(updated, old)
+
+
+def test_a_readout_dead_after_its_first_epoch_is_restarted(monkeypatch, tmp_path):
+    """DeepGaze II's ReLU readout can die (every unit of a layer inactive); fit starts it over."""
+    from deepgaze_jax import model as model_lib
+
+    rng = np.random.default_rng(0)
+    shapes = [(32, 48)] * 6
+    fixations = T.FixationSet([rng.standard_normal((2, 3, 2560)).astype(np.float32) for _ in shapes], shapes,
+                              [rng.uniform(0, 48, 20).astype(np.float32) for _ in shapes],
+                              [rng.uniform(0, 32, 20).astype(np.float32) for _ in shapes], 20)
+    init_head = model_lib.DeepGaze.init_head
+    calls = []
+
+    def dead_first(self, rng):  # the first initialisation has a dead ReLU layer, later ones are random
+        head = init_head(self, rng)
+        calls.append(1)
+        if len(calls) == 1:
+            head["readout"]["conv1"]["bias"] = jnp.full_like(head["readout"]["conv1"]["bias"], -1e6)
+        return head
+
+    monkeypatch.setattr(model_lib.DeepGaze, "init_head", dead_first)
+    config = T.TrainConfig(model="deepgaze2_vgg16", learning_rate=1e-3, max_epochs=3, patience=3, batch_size=2)
+    cb = lambda shape: np.full(shape, -np.log(shape[0] * shape[1]), np.float32)  # noqa: E731
+    model = config.build_model()
+    assert T.readout_is_dead(model, init_head(model, jax.random.PRNGKey(0)), np.stack(fixations.features)) is False
+    result = T.fit(config, fixations, fixations, cb, workdir=tmp_path / "run", progress=False)
+    assert result.restarts == 1 and result.epochs == 3 and len(result.history) == 3
+    assert not T.readout_is_dead(model, result.best_params, np.stack(fixations.features))
+    # the restarted run is checkpointed as such: a second call resumes it and has nothing left to do
+    again = T.fit(config, fixations, fixations, cb, workdir=tmp_path / "run", progress=False)
+    assert again.restarts == 1 and again.epochs == 3
+    jax.tree.map(np.testing.assert_array_equal, again.best_params, result.best_params)
