@@ -137,19 +137,3 @@ def values_at(grid: jax.Array, shape: tuple[int, int], xs: jax.Array, ys: jax.Ar
     rows = jnp.asarray(nearest_indices(grid.shape[-2], shape[0]))[ys.astype(jnp.int32)]
     cols = jnp.asarray(nearest_indices(grid.shape[-1], shape[1]))[xs.astype(jnp.int32)]
     return jax.vmap(lambda g, r, c: g[r, c])(grid, rows, cols)
-
-
-def finalize(
-    readout: jax.Array,
-    centerbias: jax.Array,
-    sigma: jax.Array,
-    center_bias_weight: jax.Array,
-    saliency_map_factor: int,
-    max_blur_radius: int,
-) -> jax.Array:
-    """Turn a ``(B, h, w)`` readout into a ``(B, H, W)`` log density (nats, logsumexp 0).
-
-    Arguments as :func:`saliency_grid`; the image size is the center bias's.
-    """
-    grid = saliency_grid(readout, centerbias, sigma, center_bias_weight, saliency_map_factor, max_blur_radius)
-    return upsample_to_image(grid, centerbias.shape[-2:])

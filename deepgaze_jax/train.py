@@ -469,6 +469,13 @@ def fit(
                 ))["params"]
 
     probe = batches(train, global_batch, seed=None)[0].features
+
+    def save_latest() -> None:  # the state and meta of this moment, at step _step(meta)
+        if latest is not None:
+            latest.save(_step(meta), args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+            latest.wait_until_finished()
+
     epochs_run = 0
     bar = tqdm(total=config.max_epochs, initial=meta["epoch"], desc=config.model, disable=not progress)
     while meta["epoch"] < config.max_epochs and meta["since_best"] < config.patience:
@@ -499,10 +506,7 @@ def fit(
             best_params = jax.device_get(state["params"])
             meta = {"epoch": 0, "best_val": -math.inf, "since_best": 0, "history": [], "restarts": restarts,
                     "epochs_lost": meta.get("epochs_lost", 0) + 1}
-            if latest is not None:
-                latest.save(meta["epochs_lost"], args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-                latest.wait_until_finished()
+            save_latest()
             epochs_run += 1
             continue
         improved = val_image > meta["best_val"]
@@ -511,13 +515,10 @@ def fit(
             best_params = jax.device_get(state["params"])
         else:
             meta["since_best"] += 1
-        if latest is not None:
-            if improved:
-                best.save(_step(meta), args=ocp.args.Composite(params=ocp.args.StandardSave(best_params)))
-                best.wait_until_finished()
-            latest.save(_step(meta), args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-            latest.wait_until_finished()
+        if improved and best is not None:
+            best.save(_step(meta), args=ocp.args.Composite(params=ocp.args.StandardSave(best_params)))
+            best.wait_until_finished()
+        save_latest()
         epochs_run += 1
         bar.update(1)
         bar.set_postfix(train=f"{-train_loss:.3f}", val=f"{val_image:.3f}", best=f"{meta['best_val']:.3f}")

@@ -22,6 +22,7 @@ import torchvision
 
 from deepgaze_jax import backbones
 from deepgaze_jax.model import DeepGaze
+from tests.torch_reference import gaussian_blur  # the reference's blur, as the parity tests use it
 from weights_convert import convert_torchvision
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,19 +55,6 @@ class FeatureExtractor(torch.nn.Module):
         self.outputs.clear()
         self.features(x)
         return [self.outputs[name] for name in self.layers]
-
-
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur of ``(B, 1, H, W)``: radius ``ceil(3 sigma)``, replicate padding,
-    kernel normalised to sum 1. The radius is read from the parameter (a host sync, as the reference)."""
-    radius = int(math.ceil(3.0 * float(sigma)))
-    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    x = F.pad(x, (0, 0, radius, radius), mode="replicate")
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    x = F.pad(x, (radius, radius, 0, 0), mode="replicate")
-    return F.conv2d(x, kernel.view(1, 1, 1, -1))
 
 
 class Finalizer(torch.nn.Module):

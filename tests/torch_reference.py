@@ -25,7 +25,7 @@ def named_features(features: torch.nn.Sequential, names: list[str], x: torch.Ten
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable blur of (B, 1, H, W): radius ceil(3 sigma), replicate padding, normalised kernel."""
     radius = int(math.ceil(3 * float(sigma)))
-    taps = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
     kernel = kernel / kernel.sum()
     x = F.pad(x, (0, 0, radius, radius), mode="replicate")
