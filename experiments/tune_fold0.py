@@ -1,16 +1,23 @@
 """Compare training configs on fold 0's *validation* images (never its test images).
 
     PYTHONPATH=. python experiments/tune_fold0.py '{"model": "deepgaze2_vgg16", "learning_rate": 0.002, ...}' ...
+    PYTHONPATH=. python experiments/tune_fold0.py --seeds 3 "$(cat experiments/configs/deepgaze2_vgg16.json)" --model deepgaze2_vgg16
 
-Each argument is a ``TrainConfig`` as JSON; all run on the training images of fold 0 of the 10-fold
-split (features from the cache that ``experiments/crossval.py`` writes, computed if absent), without
-checkpoints, and print the per-epoch train and validation log-likelihoods (bits/fixation, per image).
+Each argument is a ``TrainConfig`` as JSON (``--model`` fills in the model where a config names none);
+all run on the training images of fold 0 of the 10-fold split (features from the cache that
+``experiments/crossval.py`` writes, computed if absent), without checkpoints, and print the per-epoch
+train and validation log-likelihoods (bits/fixation, per image). ``--seeds K`` trains each config from
+K seeds (the config's seed and the K-1 after it) and also prints the validation log-likelihood of their
+ensemble (densities averaged, as the shipped fold ensemble).
 """
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import time
+
+import numpy as np
 
 from deepgaze_jax import crossval
 from deepgaze_jax import data as data_lib
@@ -21,13 +28,21 @@ from deepgaze_jax.pretrained import load_backbone
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def ensemble_bits(members: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Per image, the bits of each fixation under the mean density of the members (bits vs uniform)."""
+    return [np.log2(np.mean(np.exp2(np.stack(per_model)), axis=0)) for per_model in zip(*members)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+", help="TrainConfig JSON objects (one model for all)")
+    parser.add_argument("--model", help="the model of configs that name none")
     parser.add_argument("--data", type=pathlib.Path, default=REPO.parent / "shared" / "data" / "MIT1003")
     parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1, help="train each config from this many seeds")
     args = parser.parse_args()
-    configs = [T.TrainConfig.from_dict(json.loads(c)) for c in args.configs]
+    model_default = {} if args.model is None else {"model": args.model}
+    configs = [T.TrainConfig.from_dict({**model_default, **json.loads(c)}) for c in args.configs]
     if len({c.model for c in configs}) != 1 or len({c.feature_dtype for c in configs}) != 1:
         raise SystemExit("all configs must share model and feature_dtype")
     dataset = data_lib.load_mit1003(args.data, "twosize", data_dir=REPO / ".cache" / "tfds")
@@ -37,13 +52,25 @@ def main() -> None:
     fixations = T.FixationSet.from_dataset(dataset, features)
     split = data_lib.crossval_splits(len(dataset), args.fold)
     centerbias = crossval.centerbias_function(CenterBias.fit(dataset.subset(split["train"])))
+    val = fixations.subset(split["val"])
     for config in configs:
-        start = time.time()
-        result = T.fit(config, fixations.subset(split["train"]), fixations.subset(split["val"]), centerbias,
-                       progress=False)
-        print(config.to_json().replace("\n", ""), f"best val {result.best_val:.4f} after {result.epochs} epochs "
-              f"({time.time() - start:.0f} s)", "val:", [round(h["val_ll"], 3) for h in result.history],
-              "train:", [round(h["train_ll"], 3) for h in result.history], flush=True)
+        members = []
+        for seed in range(config.seed, config.seed + args.seeds):
+            seeded = dataclasses.replace(config, seed=seed)
+            start = time.time()
+            result = T.fit(seeded, fixations.subset(split["train"]), val, centerbias, progress=False)
+            print(seeded.to_json().replace("\n", ""), f"best val {result.best_val:.4f} after {result.epochs} epochs "
+                  f"({time.time() - start:.0f} s, {result.restarts} restarts)", "val:",
+                  [round(h["val_ll"], 3) for h in result.history],
+                  "train:", [round(h["train_ll"], 3) for h in result.history], flush=True)
+            trainer = T.Trainer(model, T.make_optimizer(seeded, 1))
+            members.append(trainer.fixation_log_likelihoods(result.best_params, val, centerbias, config.batch_size))
+        if args.seeds > 1:
+            per_image = lambda bits: float(np.mean([b.mean() for b in bits]))  # noqa: E731
+            singles = [per_image(m) for m in members]
+            print(f"ensemble of {args.seeds} seeds: val {per_image(ensemble_bits(members)):.4f} bits/fixation "
+                  f"(per image; members {', '.join(f'{s:.4f}' for s in singles)}, mean {np.mean(singles):.4f})",
+                  flush=True)
 
 
 if __name__ == "__main__":
