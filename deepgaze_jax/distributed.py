@@ -22,9 +22,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     """Join a multi-process run through ``jax.distributed.initialize``; call before any other JAX use.
 
     Args:
-      coordinator: ``HOST:PORT`` of process 0 (which listens there). With none of the three
-        arguments, JAX detects them (SLURM, Open MPI, Cloud TPU, Kubernetes, or the environment
-        variables ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``).
+      coordinator: ``HOST:PORT`` of process 0 (which listens there). What is left out, JAX detects
+        (SLURM, Open MPI, Cloud TPU, Kubernetes; the coordinator also from ``JAX_COORDINATOR_ADDRESS``).
       num_processes: processes in the run.
       process_id: this process, ``0 .. num_processes - 1``.
     """
