@@ -167,7 +167,7 @@ def random_fixations(n: int = 12, seed: int = 0) -> tuple[T.FixationSet, T.Fixat
     return data.subset(range(8)), data.subset(range(8, n))
 
 
-MULTI_CONFIG = T.TrainConfig(max_epochs=3, batch_size=4, decay_epochs=(2,), learning_rate=0.01)
+MULTI_CONFIG = T.TrainConfig(max_epochs=2, batch_size=4, decay_epochs=(1,), learning_rate=0.01)
 
 # One process of a two-process run (argv: process id, coordinator port, output folder): a straight
 # fit, a fit interrupted after one epoch and resumed, a fit whose seed differs per process (refused),
@@ -215,7 +215,7 @@ def test_two_processes_train_as_one(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), str(port), str(tmp_path)], env=env,
                               cwd=pathlib.Path(__file__).parents[1], stdout=log.open("w"), stderr=subprocess.STDOUT)
              for i, log in enumerate(logs)]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # about 40 s on an idle 2-core machine; a hang fails, not blocks
     try:
         for proc in procs:
             proc.wait(timeout=max(deadline - time.monotonic(), 1))
@@ -246,12 +246,13 @@ def test_two_processes_train_as_one(tmp_path):
         for i in range(len(jax.tree.leaves(single.final_state if name == "final" else single.best_params))):
             np.testing.assert_array_equal(outputs[0][f"resumed_{name}{i}"], outputs[0][f"{name}{i}"])
     # Against one process on one device: the same up to the order of float32 sums (over the batch's
-    # rows on four devices instead of one), grown a little by three epochs of Adam.
+    # rows on four devices instead of one), grown a little by two epochs of Adam (seen: at most 4e-8
+    # absolute on the parameters, most of their entries ~1e-2).
     expected = {**{f"final{i}": x for i, x in enumerate(jax.tree.leaves(single.final_state))},
                 **{f"best{i}": x for i, x in enumerate(jax.tree.leaves(single.best_params))},
                 **{f"bits{i}": x for i, x in enumerate(single_bits)}}
     for key, value in expected.items():
-        np.testing.assert_allclose(outputs[0][key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(outputs[0][key], value, rtol=1e-5, atol=2e-7, err_msg=key)
     for record, reference in zip(straight_history, single.history):
         assert record.keys() == reference.keys()
         np.testing.assert_allclose([record[k] for k in record], [reference[k] for k in record], rtol=1e-5)
