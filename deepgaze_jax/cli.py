@@ -292,6 +292,17 @@ def _add_train(sub) -> None:
                    help="predictor file to write (default <model>.safetensors)")
     p.add_argument("--max-images", type=_positive_int, default=None,
                    help="use only the first N images (a quick trial run)")
+    multi = p.add_argument_group(
+        "multi-process (multi-host) training",
+        "Run the same command once per process (e.g. per host), with --cache on a file system all of them "
+        "see; the batches are split over the devices of every process.")
+    multi.add_argument("--distributed", action="store_true",
+                       help="join a multi-process run (jax.distributed.initialize); what the options below "
+                            "leave out, JAX detects (SLURM, Open MPI, Cloud TPU, Kubernetes)")
+    multi.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="address of process 0, which listens there (implies --distributed)")
+    multi.add_argument("--num-processes", type=_positive_int, metavar="N", help="processes in the run")
+    multi.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1 (0 writes the results)")
     p.set_defaults(func=_train)
 
 
@@ -319,6 +330,17 @@ def train_config(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.distributed or args.coordinator is not None:
+        from deepgaze_jax import distributed
+
+        try:  # before anything else uses JAX
+            distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        except (RuntimeError, ValueError) as e:
+            error(f"cannot join the multi-process run: {e}")
+            return 1
+    elif args.num_processes is not None or args.process_id is not None:
+        error("--num-processes and --process-id need --coordinator HOST:PORT or --distributed")
+        return 1
     try:
         config = train_config(args)
         from deepgaze_jax import crossval
@@ -338,8 +360,11 @@ def _train(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         error(e)
         return 1
-    print(crossval.markdown(results))
-    print(f"wrote {out}")
+    from deepgaze_jax import distributed
+
+    if distributed.is_main():
+        print(crossval.markdown(results))
+        print(f"wrote {out}")
     return 0
 
 

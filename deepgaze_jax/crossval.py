@@ -10,6 +10,9 @@ The frozen backbone runs once per image (feature cache in ``--cache``); only the
 Writes ``<results>/<model>_crossval.json`` and ``.md``, and a predictor file holding the fold models
 (an ensemble) with the center bias fitted on all images (``--heads``; ``--ship`` writes
 ``deepgaze_jax/assets/<model>.safetensors``, the default predictor).
+
+In a multi-process run (:mod:`deepgaze_jax.distributed`) every process runs all of this; process 0
+builds the caches first (the others then read them) and alone prints and writes the results.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import jax
 import numpy as np
 
 from deepgaze_jax import data as data_lib
+from deepgaze_jax import distributed
 from deepgaze_jax import train as T
 from deepgaze_jax.baselines import CenterBias, GoldStandard
 from deepgaze_jax.predict import save_predictor_heads
@@ -43,13 +47,18 @@ def cached_features(model, backbone, dataset, path: pathlib.Path) -> list[np.nda
             if int(z["count"]) == len(dataset):
                 return [z[f"f{i}"] for i in range(len(dataset))]
     start = time.time()
-    features = T.cache_features(model, backbone, dataset.images, batch_size=4)
-    print(f"features of {len(dataset)} images in {time.time() - start:.0f} s", flush=True)
+    features = T.cache_features(model, backbone, dataset.images, batch_size=4, progress=distributed.is_main())
+    _print(f"features of {len(dataset)} images in {time.time() - start:.0f} s")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".tmp{jax.process_index()}.npz")
     np.savez(tmp, count=len(dataset), **{f"f{i}": f for i, f in enumerate(features)})
     os.replace(tmp, path)
     return features
+
+
+def _print(message: str) -> None:
+    if distributed.is_main():
+        print(message, flush=True)
 
 
 def centerbias_function(center_bias: CenterBias):
@@ -113,21 +122,23 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
     keeps only the first images (a quick trial run).
     """
     started = time.time()
-    dataset = data_lib.load_mit1003(data_dir, "twosize", data_dir=cache / "tfds")
+    with distributed.main_first("deepgaze_jax.crossval: tfds"):
+        dataset = data_lib.load_mit1003(data_dir, "twosize", data_dir=cache / "tfds")
     suffix = ""
     if max_images is not None and max_images < len(dataset):
         dataset, suffix = dataset.subset(range(max_images)), f"_first{max_images}"
     model = config.build_model()
     backbone = load_backbone(model.backbone, backbone_path)
-    features = cached_features(model, backbone, dataset,
-                               cache / f"features_{config.model}_{config.feature_dtype}{suffix}.npz")
+    with distributed.main_first("deepgaze_jax.crossval: features"):
+        features = cached_features(model, backbone, dataset,
+                                   cache / f"features_{config.model}_{config.feature_dtype}{suffix}.npz")
     fixations = T.FixationSet.from_dataset(dataset, features)
     rows = data_lib.rows_by_image(dataset)
     feature_seconds = time.time() - started
 
     gold = GoldStandard.fit(dataset)
     gold_nats = gold.log_likelihoods(dataset)
-    print(f"gold standard: bandwidth {gold.bandwidth:.4f}, weights {gold.weights}", flush=True)
+    _print(f"gold standard: bandwidth {gold.bandwidth:.4f}, weights {gold.weights}")
 
     model_bits, cb_bits, gold_bits, records, heads, center_biases = {}, {}, {}, [], [], {}
     for fold in folds:
@@ -157,9 +168,9 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
                   "history": result.history}
         records.append(record)
         heads.append(result.best_params)
-        print(f"fold {fold}: LL {record['log_likelihood']:.3f} IG {record['information_gain']:.3f} "
-              f"explained {100 * record['explained_information_gain']:.1f} % ({record['epochs']} epochs, "
-              f"{record['seconds']:.0f} s)", flush=True)
+        _print(f"fold {fold}: LL {record['log_likelihood']:.3f} IG {record['information_gain']:.3f} "
+               f"explained {100 * record['explained_information_gain']:.1f} % ({record['epochs']} epochs, "
+               f"{record['seconds']:.0f} s)")
 
     evaluation = test_metrics(model, dict(zip(folds, heads)), center_biases, dataset, features, None, config.model)
     done = sorted(model_bits)
@@ -175,17 +186,19 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
         "paper": PAPER[config.model],
         "seconds": {"features": feature_seconds, "total": time.time() - started},
         "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, jax {jax.__version__} on "
-                   f"{jax.devices()[0].device_kind}",
+                   f"{jax.devices()[0].device_kind}"
+                   + (f", {jax.process_count()} processes of this kind, {jax.device_count()} devices in all"
+                      if jax.process_count() > 1 else ""),
         "command": command,
     }
-    if results_dir is not None:
+    if results_dir is not None and distributed.is_main():
         results_dir.mkdir(parents=True, exist_ok=True)
         stem = results_dir / f"{config.model}_crossval"
         stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
         stem.with_suffix(".md").write_text(markdown(results))
         evaluation.write(results_dir, stem=f"{config.model}_crossval_metrics")
         plot_training_curves(results_dir / f"{config.model}_training_curves.png", results)
-    if heads_path is not None:
+    if heads_path is not None and distributed.is_main():
         save_predictor_heads(heads_path, model, heads, CenterBias.fit(dataset),
                              {"trained_on": "MIT1003 twosize, cross-validation",
                               "folds": ",".join(str(f) for f in folds)})

@@ -4,7 +4,8 @@ The backbone is run once per image (:func:`cache_features`); training then needs
 features, the fixations and the center bias. The loss is the negative log-likelihood in bits per
 fixation relative to uniform, averaged per image. One jitted step updates the head parameters and the
 optimizer state (donated); the frozen backbone never enters it. Batches are sharded over all devices
-along the batch axis (``jax.sharding``), multi-host through ``jax.distributed``. Checkpoints are
+along the batch axis (``jax.sharding``), multi-host through ``jax.distributed``
+(:mod:`deepgaze_jax.distributed`: every process runs :func:`fit` on the same data). Checkpoints are
 written with orbax after every epoch (the latest, for resuming) and whenever validation improves (the
 best); the config and the data split are saved as JSON beside them.
 """
@@ -21,6 +22,7 @@ import pathlib
 import tempfile
 import types
 import typing
+import zlib
 from collections.abc import Callable, Sequence
 
 import jax
@@ -31,6 +33,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from deepgaze_jax import distributed
 from deepgaze_jax import model as model_lib
 from deepgaze_jax.likelihood import bits_relative_to_uniform
 
@@ -310,7 +313,11 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
 
 
 class Trainer:
-    """Jitted train and eval steps for one model and optimizer, sharded over the batch axis."""
+    """Jitted train and eval steps for one model and optimizer, sharded over the batch axis.
+
+    ``devices`` (default: all of them, those of every process) form the mesh. Step outputs are
+    replicated, so every process can read them whole.
+    """
 
     def __init__(self, model: model_lib.DeepGaze, optimizer: optax.GradientTransformation,
                  devices: Sequence[jax.Device] | None = None):
@@ -320,8 +327,9 @@ class Trainer:
         self.mesh = jax.sharding.Mesh(np.array(devices), ("data",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
-        self.train_step = jax.jit(self._train_step, donate_argnums=0)
-        self.fixation_step = jax.jit(functools.partial(fixation_bits, model))
+        self.train_step = jax.jit(self._train_step, donate_argnums=0,
+                                  out_shardings=(self.replicated, self.replicated))
+        self.fixation_step = jax.jit(functools.partial(fixation_bits, model), out_shardings=self.replicated)
 
     def init_state(self, head: dict) -> dict:
         state = {"params": head, "opt_state": self.optimizer.init(head), "step": jnp.zeros((), jnp.int32)}
@@ -338,12 +346,13 @@ class Trainer:
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
 
     def put_batch(self, batch: Batch, centerbias: np.ndarray) -> tuple:
-        """Device arrays for a batch: the batch axis sharded over the mesh (each process gives its rows)."""
-        count, index = jax.process_count(), jax.process_index()
-        rows = slice(index * len(batch.weight) // count, (index + 1) * len(batch.weight) // count)
+        """Device arrays for a batch: the batch axis sharded over the mesh.
 
+        Every process holds the whole batch and puts on its devices the rows the mesh gives them,
+        whatever the order of the devices in the mesh.
+        """
         def shard(x):
-            return jax.make_array_from_process_local_data(self.batch_sharding, x[rows], x.shape)
+            return jax.make_array_from_callback(x.shape, self.batch_sharding, lambda index: x[index])
 
         cb = jax.device_put(np.asarray(centerbias, np.float32), self.replicated)
         return shard(batch.features), cb, shard(batch.xs), shard(batch.ys), shard(batch.mask), shard(batch.weight)
@@ -352,6 +361,7 @@ class Trainer:
                                  centerbias: Callable[[tuple[int, int]], np.ndarray], batch_size: int) -> list[np.ndarray]:
         """Per image, the ``(n_i,)`` log-likelihood of each fixation, bits relative to uniform."""
         out: list[np.ndarray | None] = [None] * len(data)
+        head = jax.device_put(head, self.replicated)
         for batch in batches(data, _round_up(batch_size, self.mesh.size), seed=None):
             features, cb, xs, ys, mask, _ = self.put_batch(batch, centerbias(batch.shape))
             bits = np.asarray(jax.device_get(self.fixation_step(head, features, cb, xs, ys)))
@@ -386,6 +396,20 @@ def _round_up(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
 
 
+def fingerprint(config: TrainConfig, *parts: FixationSet) -> int:
+    """CRC32 of what every process of a run must agree on: the config (seed included) and, per image,
+    its size, feature shape and fixations; with them, the data order of every epoch. Feature values
+    are left out (gigabytes to read, and not bit-identical across accelerators)."""
+    crc = zlib.crc32(config.to_json().encode())
+    for part in parts:
+        crc = zlib.crc32(np.array([len(part), part.max_fixations]).tobytes(), crc)
+        for shape, features, xs, ys in zip(part.shapes, part.features, part.xs, part.ys):
+            crc = zlib.crc32(np.array([*shape, *features.shape, len(xs)]).tobytes(), crc)
+            crc = zlib.crc32(np.ascontiguousarray(xs, np.float32).tobytes(), crc)
+            crc = zlib.crc32(np.ascontiguousarray(ys, np.float32).tobytes(), crc)
+    return crc
+
+
 def fixation_weighted(per_image: np.ndarray, data: FixationSet) -> float:
     counts = np.array([len(x) for x in data.xs])
     return float((per_image * counts).sum() / counts.sum())
@@ -413,6 +437,10 @@ def fit(
 ) -> types.SimpleNamespace:
     """Train a head by maximum likelihood with early stopping on the validation log-likelihood.
 
+    In a multi-process run (:mod:`deepgaze_jax.distributed`) every process calls this with the same
+    arguments (checked: :func:`fingerprint`); ``workdir`` must be a folder they all see. Process 0
+    writes the JSON files and shows progress; all return the same result.
+
     Args:
       config: hyper-parameters.
       train, val: cached features and fixations (see :func:`cache_features`).
@@ -434,6 +462,7 @@ def fit(
     expected = train.features[0].shape[-1]
     if expected != model.feature_channels:
         raise ValueError(f"cached features have {expected} channels, {config.model} needs {model.feature_channels}")
+    distributed.assert_same_everywhere(fingerprint(config, train, val), "the config or the data")
     global_batch = _round_up(config.batch_size, jax.device_count())
     steps_per_epoch = len(batches(train, global_batch, seed=config.seed, epoch=0))
     trainer = Trainer(model, make_optimizer(config, steps_per_epoch))
@@ -446,14 +475,15 @@ def fit(
         workdir = pathlib.Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         config_path = workdir / "config.json"
-        if config_path.exists():
-            saved = TrainConfig.from_json(config_path.read_text())
-            if saved != config:
-                raise ValueError(f"{workdir} holds a run with another config; use a new folder")
-        else:
-            _write_json_atomic(config_path, json.loads(config.to_json()))
-        if split is not None:
-            _write_json_atomic(workdir / "split.json", split)
+        with distributed.main_first("deepgaze_jax.train.fit: config.json"):
+            if config_path.exists():
+                saved = TrainConfig.from_json(config_path.read_text())
+                if saved != config:
+                    raise ValueError(f"{workdir} holds a run with another config; use a new folder")
+            elif distributed.is_main():
+                _write_json_atomic(config_path, json.loads(config.to_json()))
+            if split is not None and distributed.is_main():
+                _write_json_atomic(workdir / "split.json", split)
         options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
         latest = ocp.CheckpointManager(workdir / "latest", options=options)
         best = ocp.CheckpointManager(workdir / "best", options=options)
@@ -477,7 +507,8 @@ def fit(
             latest.wait_until_finished()
 
     epochs_run = 0
-    bar = tqdm(total=config.max_epochs, initial=meta["epoch"], desc=config.model, disable=not progress)
+    bar = tqdm(total=config.max_epochs, initial=meta["epoch"], desc=config.model,
+               disable=not progress or not distributed.is_main())
     while meta["epoch"] < config.max_epochs and meta["since_best"] < config.patience:
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
             break
@@ -495,13 +526,14 @@ def fit(
                   "val_ll_fixation": fixation_weighted(val_ll, val)}
         meta["history"].append(record)
         meta["epoch"] = epoch + 1
-        if meta["epoch"] == 1 and readout_is_dead(model, state["params"], probe):
+        if meta["epoch"] == 1 and readout_is_dead(model, jax.device_get(state["params"]), probe):
             # Every unit of a ReLU layer went inactive: no gradient reaches the readout again. Start
             # over from another initialisation and data order (counted, saved, and resumed as such).
             restarts += 1
             if restarts > MAX_RESTARTS:
                 raise RuntimeError(f"the readout died in the first epoch {restarts} times; lower the learning rate")
-            print(f"the readout died in the first epoch; restart {restarts} with a new initialisation", flush=True)
+            if distributed.is_main():
+                print(f"the readout died in the first epoch; restart {restarts} with a new initialisation", flush=True)
             state = trainer.init_state(model.init_head(jax.random.fold_in(jax.random.PRNGKey(config.seed), restarts)))
             best_params = jax.device_get(state["params"])
             meta = {"epoch": 0, "best_val": -math.inf, "since_best": 0, "history": [], "restarts": restarts,

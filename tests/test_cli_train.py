@@ -33,6 +33,9 @@ def test_train_then_predict_with_the_result(mit1003_dir, tmp_path, capsys):
     (["--set", "batch_size=four"], "batch_size must be of type int"),
     (["--set", "nonsense"], "expected KEY=VALUE"),
     (["--folds", "3-12"], "not in 0..9"),
+    (["--num-processes", "2", "--process-id", "0"], "need --coordinator HOST:PORT or --distributed"),
+    (["--coordinator", "localhost:1234"], "needs the number of processes and this process's id"),
+    (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "2"], "process id 2 is not in 0..1"),
 ])
 def test_bad_train_arguments_fail_in_one_line_before_any_compute(tmp_path, capsys, args, message):
     status = cli.main(["train", "--data", str(tmp_path), *args])

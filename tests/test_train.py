@@ -1,10 +1,14 @@
-"""Training: cached = uncached, exact resume, determinism, data parallelism, config errors."""
+"""Training: cached = uncached, exact resume, determinism, data parallelism (multi-process too), config errors."""
 
+import dataclasses
 import json
 import os
+import pathlib
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -144,6 +148,124 @@ def test_eight_devices_give_the_same_loss_as_one(data, tmp_path):
         assert int(count) == devices
         outputs.append((float(loss), float(val)))
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5)
+
+
+def random_fixations(n: int = 12, seed: int = 0) -> tuple[T.FixationSet, T.FixationSet]:
+    """Train (8) and validation (4) images of two sizes: random DeepGaze I features, fixations near one
+    spot per image (no backbone run, so that every process of a run builds them in no time)."""
+    rng = np.random.default_rng(seed)
+    shapes = [SHAPE if i % 3 else SHAPE[::-1] for i in range(n)]
+    channels = deepgaze1().feature_channels
+    features = [rng.standard_normal((h // 16, w // 16, channels)).astype(np.float32) for h, w in shapes]
+    xs, ys = [], []
+    for h, w in shapes:
+        k = rng.integers(3, 15)
+        cx, cy = rng.uniform(12, w - 12), rng.uniform(12, h - 12)
+        xs.append(np.clip(cx + 4 * rng.standard_normal(k), 0, w - 0.01).astype(np.float32))
+        ys.append(np.clip(cy + 4 * rng.standard_normal(k), 0, h - 0.01).astype(np.float32))
+    data = T.FixationSet(features, shapes, xs, ys, max_fixations=16)
+    return data.subset(range(8)), data.subset(range(8, n))
+
+
+MULTI_CONFIG = T.TrainConfig(max_epochs=2, batch_size=4, decay_epochs=(1,), learning_rate=0.01)
+
+# One process of a two-process run (argv: process id, coordinator port, output folder): a straight
+# fit, a fit interrupted after one epoch and resumed, a fit whose seed differs per process (refused),
+# and the per-fixation evaluation of the best params.
+WORKER = textwrap.dedent("""
+    import dataclasses, json, pathlib, sys
+    import jax, numpy as np
+    from deepgaze_jax import distributed
+    process, port, out = int(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3])
+    distributed.initialize(f"localhost:{port}", 2, process)
+    from deepgaze_jax import train as T
+    from tests.test_train import MULTI_CONFIG, centerbias, random_fixations
+    assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
+    train, val = random_fixations()
+    try:
+        T.fit(dataclasses.replace(MULTI_CONFIG, seed=process), train, val, centerbias, progress=False)
+        raise AssertionError("processes with different seeds were not refused")
+    except ValueError as e:
+        assert "disagree" in str(e), e
+    straight = T.fit(MULTI_CONFIG, train, val, centerbias, workdir=out / "straight", progress=False)
+    first = T.fit(MULTI_CONFIG, train, val, centerbias, workdir=out / "resumed", progress=False, stop_after_epochs=1)
+    assert first.epochs == 1
+    resumed = T.fit(MULTI_CONFIG, train, val, centerbias, workdir=out / "resumed", progress=False)
+    trainer = T.Trainer(MULTI_CONFIG.build_model(), T.make_optimizer(MULTI_CONFIG, 1))
+    bits = trainer.fixation_log_likelihoods(straight.best_params, val, centerbias, 4)
+    leaves = lambda name, tree: {f"{name}{i}": x for i, x in enumerate(jax.tree.leaves(tree))}
+    np.savez(out / f"process{process}.npz", **leaves("final", straight.final_state),
+             **leaves("best", straight.best_params), **leaves("resumed_final", resumed.final_state),
+             **leaves("resumed_best", resumed.best_params), **leaves("bits", bits))
+    (out / f"process{process}.json").write_text(json.dumps([straight.history, resumed.history]))
+""")
+
+
+def test_two_processes_train_as_one(tmp_path):
+    """Two processes of two CPU devices each (jax.distributed, gloo collectives) end with the params,
+    optimizer state, history and evaluation of one process, resumed from a checkpoint or not."""
+    if 4 % jax.device_count():
+        pytest.skip(f"the single-process reference needs a global batch of 4; this process has "
+                    f"{jax.device_count()} devices")
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    logs = [tmp_path / f"log{i}.txt" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), str(port), str(tmp_path)], env=env,
+                              cwd=pathlib.Path(__file__).parents[1], stdout=log.open("w"), stderr=subprocess.STDOUT)
+             for i, log in enumerate(logs)]
+    deadline = time.monotonic() + 600  # under a minute on an idle 2-core machine; a hang fails, not blocks
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        pytest.fail("the two-process run hung:\n" + "\n".join(log.read_text()[-2000:] for log in logs))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, log in zip(procs, logs):
+        assert proc.returncode == 0, log.read_text()[-3000:]
+
+    train, val = random_fixations()
+    single = T.fit(MULTI_CONFIG, train, val, centerbias, progress=False)
+    trainer = T.Trainer(MULTI_CONFIG.build_model(), T.make_optimizer(MULTI_CONFIG, 1))
+    single_bits = trainer.fixation_log_likelihoods(single.best_params, val, centerbias, 4)
+    outputs = [dict(np.load(tmp_path / f"process{i}.npz")) for i in range(2)]
+    histories = [json.loads((tmp_path / f"process{i}.json").read_text()) for i in range(2)]
+    # Both processes hold the same replicated values, and a resumed run ends where a straight one does.
+    assert outputs[0].keys() == outputs[1].keys()
+    for key in outputs[0]:
+        np.testing.assert_array_equal(outputs[0][key], outputs[1][key], err_msg=key)
+    assert histories[0] == histories[1]
+    straight_history, resumed_history = histories[0]
+    assert resumed_history == straight_history and len(straight_history) == MULTI_CONFIG.max_epochs
+    for key in [k for k in outputs[0] if k.startswith("resumed_")]:
+        np.testing.assert_array_equal(outputs[0][key], outputs[0][key.removeprefix("resumed_")], err_msg=key)
+    # Against one process on one device: the same up to the order of float32 sums (over the batch's
+    # rows on four devices instead of one), grown a little by two epochs of Adam (seen: at most 4e-8
+    # absolute on the parameters, most of their entries ~1e-2).
+    expected = {**{f"final{i}": x for i, x in enumerate(jax.tree.leaves(single.final_state))},
+                **{f"best{i}": x for i, x in enumerate(jax.tree.leaves(single.best_params))},
+                **{f"bits{i}": x for i, x in enumerate(single_bits)}}
+    for key, value in expected.items():
+        np.testing.assert_allclose(outputs[0][key], value, rtol=1e-5, atol=2e-7, err_msg=key)
+    for record, reference in zip(straight_history, single.history):
+        assert record.keys() == reference.keys()
+        np.testing.assert_allclose([record[k] for k in record], [reference[k] for k in record], rtol=1e-5)
+    assert json.loads((tmp_path / "straight" / "config.json").read_text()) == json.loads(MULTI_CONFIG.to_json())
+
+
+def test_fingerprint_covers_the_seed_and_the_fixations():
+    train, val = random_fixations()
+    base = T.fingerprint(MULTI_CONFIG, train, val)
+    assert base == T.fingerprint(MULTI_CONFIG, *random_fixations())
+    assert base != T.fingerprint(dataclasses.replace(MULTI_CONFIG, seed=1), train, val)
+    moved = dataclasses.replace(train, xs=[train.xs[0] + 0.5, *train.xs[1:]])
+    assert base != T.fingerprint(MULTI_CONFIG, moved, val)
+    assert base != T.fingerprint(MULTI_CONFIG, val, train)
 
 
 def test_bad_configs_and_data_are_refused_before_compute(data):
