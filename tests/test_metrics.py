@@ -355,3 +355,33 @@ def test_sim_saliency_map_is_a_distribution_that_beats_the_blurred_density_on_ex
     blurred = metrics.gaussian_blur(np.exp(ld), sigma, mode="constant")
     held_out = dict(seed=123, samples=400, fixation_count=count)
     assert metric_maps.expected_sim(smap, ld, sigma, **held_out) > metric_maps.expected_sim(blurred, ld, sigma, **held_out) + 1e-3
+
+
+def test_sim_map_sampler_follows_the_density_and_blurs_like_scipy_constant_mode():
+    rng = np.random.default_rng(12)
+    ld = _log_density(rng, (6, 7), scale=1.0)
+    ld[2, 3] = ld[5, 0] = -800.0  # exp underflows to exactly 0: never sampled
+    ld -= logsumexp(ld)
+    key, shape, batch, count = metric_maps.jax.random.PRNGKey(3), ld.shape, 200, 500
+    with metric_maps.jax.enable_x64(True):
+        cumulative = metric_maps._cumulative(metric_maps.jnp.asarray(ld))
+        # sigma 0.1 -> a one-tap kernel: the maps are the raw counts; the samples do not depend on sigma.
+        counts = np.asarray(metric_maps._sample_empirical_maps(key, cumulative, shape, count, batch, 0.1, 3.0))
+        blurred = np.asarray(metric_maps._sample_empirical_maps(key, cumulative, shape, count, batch, 1.5, 3.0))
+    assert np.all(counts.sum(axis=(1, 2)) == count) and counts[:, 2, 3].max() == counts[:, 5, 0].max() == 0
+    # 100000 draws: the frequency of a pixel has std <= 0.0016.
+    np.testing.assert_allclose(counts.sum(axis=0) / (batch * count), np.exp(ld), atol=0.008)
+    expected = np.stack([gaussian_filter(c, 1.5, mode="constant", truncate=3.0) for c in counts])
+    np.testing.assert_allclose(blurred, expected, atol=1e-12 * count)
+
+
+def test_sim_map_gradient_equals_autodiff_of_expected_sim_including_ties():
+    rng = np.random.default_rng(13)
+    ld = _log_density(rng, (9, 11))
+    with metric_maps.jax.enable_x64(True):
+        empirical = metric_maps._sample_empirical_maps(metric_maps.jax.random.PRNGKey(0), metric_maps._cumulative(ld), ld.shape, 5, 7, 1.0, 3.0)
+        assert np.any(np.asarray(empirical) == 0)  # truncated kernels leave exact zeros
+        s = np.where(rng.random(ld.shape) < 0.3, 0.0, rng.random(ld.shape))  # zeros tie with them
+        ours = np.asarray(metric_maps._expected_sim_gradient(s, empirical))
+        autodiff = np.asarray(metric_maps.jax.grad(metric_maps._expected_sim)(metric_maps.jnp.asarray(s), empirical))
+    np.testing.assert_allclose(ours, autodiff, rtol=1e-12, atol=1e-15)
