@@ -365,8 +365,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--sim-map", default="blurred", choices=("blurred", "optimal"),
                    help="map SIM is scored on: the blurred density (default, as CC and KLDiv) or the "
                         "SIM-optimal map of Kuemmerer et al. 2018, optimised per image by 400 steps of "
-                        "50 sampled empirical maps each: slow, ~7 min per 768x1024 image on 2 CPU cores; "
-                        "meant for a GPU")
+                        "50 sampled empirical maps each: slow, ~2 CPU-minutes per 768x1024 image (9 min on a "
+                        "busy 2-core machine); meant for a GPU")
     p.set_defaults(func=_evaluate)
 
 

@@ -252,8 +252,8 @@ def evaluate(
         "optimal": the map that maximises expected SIM (Kümmerer et al. 2018;
         :func:`metric_maps.sim_saliency_map` with blur ``sigma``, seed ``sim_map_seed``,
         ``sim_map_epochs`` epochs of 1000 sampled empirical maps), optimised image by image after each
-        batch; the other metrics are unchanged. Slow without an accelerator: ~7 min per 768x1024
-        image at 20 epochs on 2 CPU cores (measured on a loaded machine).
+        batch; the other metrics are unchanged. Slow without an accelerator: at 20 epochs, ~2 min of
+        CPU time per 768x1024 image (9 min wall measured on a busy 2-core machine).
     out_dir: if given, writes ``metrics.json`` and ``metrics.md`` there.
 
     AUC-Judd is computed without pysaliency's default 1e-7 jitter (pass ``jitter=`` to
