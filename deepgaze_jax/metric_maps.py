@@ -186,13 +186,34 @@ def _logsumexp(x: np.ndarray) -> float:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _sample_empirical_maps(key, log_density, sizes, count: int, batch: int, sigma: float, truncate: float):
-    """``batch`` empirical maps of ``count`` fixations sampled from the density, blurred (zero padding)."""
-    height, width = log_density.shape
-    flat = jax.random.categorical(key, log_density.reshape(-1), shape=(batch, count))
-    counts = jax.vmap(lambda i: jnp.zeros(height * width, log_density.dtype).at[i].add(1.0))(flat)
-    counts = counts.reshape(batch, height, width)
-    return metrics._blur_kernel(counts, jnp.broadcast_to(sizes, (batch, 2)), sigma, "constant", truncate)
+def _cumulative(log_density):
+    """Flat (H*W,) cumulative sums of the unnormalised density, for :func:`_sample_empirical_maps`."""
+    return jnp.cumsum(jnp.exp(log_density - jnp.max(log_density)).reshape(-1))
+
+
+def _sample_empirical_maps(key, cumulative, shape: tuple[int, int], count: int, batch: int, sigma: float, truncate: float):
+    """``batch`` empirical maps (batch, H, W) of ``count`` fixations sampled from the density, blurred
+    with ``sigma`` px truncated at ``truncate`` sigma, zero padding (scipy mode 'constant').
+
+    Pixels are drawn by inverting the cumulative sums (:func:`_cumulative`), as pysaliency's sampler:
+    O(log(H*W)) per fixation, where ``jax.random.categorical`` draws Gumbel noise for every pixel of
+    every fixation (60 GB for 5000 fixations on a 768x1024 image). The blur of the counts is separable
+    and linear: each map is a sum over fixations of outer products of the kernel centred on the
+    fixation's row and column, one batched matrix product, ~3x faster on CPU than FFTs of the counts.
+    """
+    height, width = shape
+    u = jax.random.uniform(key, (batch, count), cumulative.dtype) * cumulative[-1]
+    flat = jnp.minimum(jnp.searchsorted(cumulative, u, side="right"), height * width - 1)
+    kernel = jnp.asarray(metrics.gaussian_kernel_1d(sigma, truncate), cumulative.dtype)
+    radius = (kernel.shape[0] - 1) // 2
+
+    def profiles(positions, length):  # (batch, count) -> (batch, count, length); zero outside the axis
+        offset = jnp.arange(length)[None, None, :] - positions[:, :, None] + radius
+        inside = (offset >= 0) & (offset <= 2 * radius)
+        return jnp.where(inside, kernel[jnp.clip(offset, 0, 2 * radius)], 0)
+
+    rows, cols = profiles(flat // width, height), profiles(flat % width, width)
+    return jnp.einsum("bny,bnx->byx", rows, cols, precision=jax.lax.Precision.HIGHEST)
 
 
 def _expected_sim(saliency_map, empirical_maps):
@@ -201,17 +222,36 @@ def _expected_sim(saliency_map, empirical_maps):
     return jnp.mean(jnp.sum(jnp.minimum(s[None], e), axis=(1, 2)))
 
 
+def _expected_sim_gradient(saliency_map, empirical_maps):
+    """Gradient of :func:`_expected_sim` with respect to the saliency map (H, W), written out.
+
+    With S = sum(s), c = the mean over the maps of [s/S < e/sum(e)] (1/2 at ties, as JAX and torch
+    differentiate a minimum): d/ds = (c - sum(c * s) / S) / S. Same values as ``jax.grad``; c is
+    accumulated map by map, where XLA on CPU reduces the (B, H, W) comparisons over B ~14x slower.
+    """
+    total = jnp.sum(saliency_map)
+    s = saliency_map / total
+    totals = jnp.sum(empirical_maps, axis=(1, 2))
+
+    def add(b, c):
+        e = empirical_maps[b] / totals[b]
+        return c + jnp.where(s < e, 1.0, jnp.where(s == e, 0.5, 0.0))
+
+    c = jax.lax.fori_loop(0, empirical_maps.shape[0], add, jnp.zeros_like(s)) / empirical_maps.shape[0]
+    return (c - jnp.sum(c * s)) / total
+
+
 @functools.partial(jax.jit, static_argnames=("sigma", "fixation_count", "batch_size", "steps_per_epoch", "epochs", "truncate"))
 def _sim_map_kernel(log_density, initial, key, learning_rate, sigma, fixation_count, batch_size, steps_per_epoch, epochs, truncate):
-    sizes = jnp.array(log_density.shape, jnp.int32)[None]
     n_pixels = log_density.size
+    cumulative = _cumulative(log_density)
 
     def step(carry, k):
         s, key = carry
         key, sub = jax.random.split(key)
         lr = learning_rate / jnp.maximum(k // steps_per_epoch, 1)  # 1/k decay per epoch, as pysaliency
-        empirical = _sample_empirical_maps(sub, log_density, sizes, fixation_count, batch_size, sigma, truncate)
-        grad = jax.grad(lambda m: -_expected_sim(m, empirical))(s)
+        empirical = _sample_empirical_maps(sub, cumulative, log_density.shape, fixation_count, batch_size, sigma, truncate)
+        grad = -_expected_sim_gradient(s, empirical)
         # Projected SGD on the simplex (pysaliency's DistributionSGD): no step below zero, sum kept.
         grad = jnp.minimum(grad, s / lr)
         grad = grad - jnp.sum(grad) / n_pixels
@@ -245,7 +285,9 @@ def sim_saliency_map(
     0.1 / (H*W) (pysaliency's 1e-7 for a 1024x768 image, scaled with the pixel count).
 
     log_density: (H, W) in nats. Returns (H, W), nonnegative, summing to 1. Costs
-    ``epochs * samples_per_epoch`` blurred maps of the image size: use an accelerator for large images.
+    ``epochs * samples_per_epoch`` empirical maps of the image size: at the defaults on a 768x1024
+    image, 117 s of CPU time (543 s wall on a busy 2-core machine, 0.3 CPU-s per step of 50 maps);
+    use an accelerator for datasets.
     """
     maps, batched = metrics._maps("log_density", log_density)
     if batched and maps.shape[0] != 1:
@@ -273,6 +315,5 @@ def expected_sim(saliency_map, log_density, sigma: float, *, seed: int = 1, samp
     ld, _ = metrics._maps("log_density", log_density)
     metrics._same_shape("saliency_map", smap, "log_density", ld)
     with jax.enable_x64(True):
-        sizes = jnp.array(ld.shape[1:], jnp.int32)[None]
-        empirical = _sample_empirical_maps(jax.random.PRNGKey(seed), ld[0], sizes, fixation_count, samples, float(sigma), float(truncate))
+        empirical = _sample_empirical_maps(jax.random.PRNGKey(seed), _cumulative(ld[0]), ld.shape[1:], fixation_count, samples, float(sigma), float(truncate))
         return float(_expected_sim(jnp.asarray(smap[0]), empirical))

@@ -64,7 +64,18 @@ def test_evaluate_needs_a_dataset(capsys):
     assert exit_info.value.code == 2
 
 
-def test_evaluate_on_a_users_csv_dataset(predictor_file, tmp_path, capsys):
+def test_evaluate_sim_map_option_is_checked_and_its_help_warns_about_cost(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["evaluate", "--csv-dataset", str(tmp_path), "--sim-map", "best"])
+    assert exit_info.value.code == 2 and "invalid choice: 'best'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--sim-map {blurred,optimal}" in help_text and "slow" in help_text and "768x1024" in help_text
+
+
+@pytest.mark.parametrize("sim_map", ["blurred", "optimal"])
+def test_evaluate_on_a_users_csv_dataset(predictor_file, tmp_path, capsys, sim_map):
     from PIL import Image
 
     root = tmp_path / "my-experiment"
@@ -75,8 +86,9 @@ def test_evaluate_on_a_users_csv_dataset(predictor_file, tmp_path, capsys):
     (root / "fixations.csv").write_text("image,subject,x,y,t\na.png,s1,10,20,0\na.png,s1,50.5,60,1\n"
                                         "b.png,s2,100,70,0\nb.png,s1,30,30,0\n")
     status = cli.main(["evaluate", "--csv-dataset", str(root), "--heads", str(predictor_file),
-                       "--out", str(tmp_path / "eval"), "--cache", str(tmp_path / "cache")])
+                       "--out", str(tmp_path / "eval"), "--cache", str(tmp_path / "cache"), "--sim-map", sim_map])
     assert status == 0, capsys.readouterr().err
     result = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert [(row["image"], row["n_fixations"]) for row in result["per_image"]] == [("a.png", 2), ("b.png", 2)]
     assert all(np.isfinite(v) for v in result["summary"].values())
+    assert result["config"]["sim_map"] == {"blurred": "blurred density", "optimal": "SIM-optimal map"}[sim_map]
