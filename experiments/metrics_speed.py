@@ -40,9 +40,11 @@ from deepgaze_jax import evaluation  # noqa: E402
 KLDIV_EPS = 2.2204e-16
 NOTES_COMMON = """Both sides read the same float32 `.npy` predictions (as float64) and time that loading separately; both
 compute in float64. Ours makes every map once per image in one pass over the dataset (plus a first pass for
-the shuffled baseline, as pysaliency's). XLA may run some of our operations on both cores; numpy and scipy in
-pysaliency mostly use one. The runs are sequential, not interleaved: other jobs on the machine (see the load
-averages) slow both sides, not necessarily equally.
+the shuffled baseline, as pysaliency's), and computes several batches of images at once on worker threads
+(`evaluate(workers=...)`, default: one per core, at most 4), so it uses both cores; numpy and scipy in
+pysaliency mostly use one. Our loading runs on the main thread while the workers compute. The runs are
+sequential, not interleaved: other jobs on the machine (see the load averages) slow both sides, not
+necessarily equally.
 """
 NOTES_CACHE_OFF = """
 Notes on fairness: pysaliency runs with `caching=False` on the blurred prediction, the empirical
@@ -149,6 +151,7 @@ def main() -> None:
     parser.add_argument("--stem", default="metrics_speed", help="results file name without extension")
     parser.add_argument("--ours-all", action="store_true", help="with --pysaliency-every > 1, also time ours on all images")
     parser.add_argument("--machine", default="2-core CPU dev machine (shared)")
+    parser.add_argument("--workers", type=int, default=None, help="our evaluate's worker threads (default: its own)")
     args = parser.parse_args()
 
     names, sizes, xs, ys, ns = load_mit1003(args.data)
@@ -162,7 +165,8 @@ def main() -> None:
                 np.save(path, stand_in_prediction(n, sizes[n]).astype(np.float32))
     print(f"{len(names)} images, {xs.size} fixations, predictions from {folder}", flush=True)
 
-    report = {"machine": args.machine, "platform": platform.platform(), "cpus": os.cpu_count(), "load_average_start": os.getloadavg(), "sigma": args.sigma, "predictions": str(folder) if args.predictions else "stand-in (centre bias + smooth random map)"}
+    workers = evaluation._default_workers() if args.workers is None else args.workers
+    report = {"workers": workers, "machine": args.machine, "platform": platform.platform(), "cpus": os.cpu_count(), "load_average_start": os.getloadavg(), "sigma": args.sigma, "predictions": str(folder) if args.predictions else "stand-in (centre bias + smooth random map)"}
 
     subset = np.arange(0, len(names), args.pysaliency_every)
     keep = np.isin(ns, subset)
@@ -175,18 +179,18 @@ def main() -> None:
     # First run: JIT compilation included. Second run: what every further evaluation costs.
     cold_loader = Loader(folder, names, index_map=subset)
     start = time.perf_counter()
-    evaluation.evaluate(cold_loader, sub_sizes, sub_xs, sub_ys, sub_ns, sigma=args.sigma)
+    evaluation.evaluate(cold_loader, sub_sizes, sub_xs, sub_ys, sub_ns, sigma=args.sigma, workers=args.workers)
     cold_seconds = time.perf_counter() - start
     print(f"ours, first run (with compilation): {cold_seconds:.1f} s", flush=True)
     ours_loader = Loader(folder, names, index_map=subset)
     start = time.perf_counter()
-    ours = evaluation.evaluate(ours_loader, sub_sizes, sub_xs, sub_ys, sub_ns, image_names=sub_names, sigma=args.sigma, model_name="stand-in")
+    ours = evaluation.evaluate(ours_loader, sub_sizes, sub_xs, sub_ys, sub_ns, image_names=sub_names, sigma=args.sigma, model_name="stand-in", workers=args.workers)
     ours_seconds = time.perf_counter() - start
     print(f"ours, second run: {ours_seconds:.1f} s", json.dumps(ours.summary), flush=True)
     if args.pysaliency_every > 1 and args.ours_all:
         loader = Loader(folder, names)
         start = time.perf_counter()
-        full = evaluation.evaluate(loader, sizes, xs, ys, ns, image_names=names, sigma=args.sigma, model_name="stand-in")
+        full = evaluation.evaluate(loader, sizes, xs, ys, ns, image_names=names, sigma=args.sigma, model_name="stand-in", workers=args.workers)
         report["ours_all"] = {"images": len(names), "fixations": int(xs.size), "seconds": time.perf_counter() - start, "loading_seconds": loader.seconds, "summary": full.summary}
         print("ours, all images:", json.dumps(report["ours_all"]), flush=True)
 
@@ -224,7 +228,7 @@ def main() -> None:
         "# Metrics speed: deepgaze_jax against pysaliency on MIT1003",
         "",
         f"Machine: {args.machine} ({report['platform']}, {report['cpus']} CPUs; load average {report['load_average_start'][0]:.1f} at the start, "
-        f"{report['load_average_end'][0]:.1f} at the end); JAX {jax.__version__} on CPU, float64. Predictions: {report['predictions']}.",
+        f"{report['load_average_end'][0]:.1f} at the end); JAX {jax.__version__} on CPU, float64, {workers} worker thread(s). Predictions: {report['predictions']}.",
         "Metrics: LL, AUC, sAUC, NSS, AUC-Judd (no jitter), CC, KLDiv, SIM (blurred density), each with its metric-specific map,",
         f"empirical maps with sigma {args.sigma:g} px; pysaliency 0.2.22 via its model classes (shuffled baseline with library='numpy'), "
         f"its in-memory caches {'on' if args.pysaliency_caching else 'off'}.",

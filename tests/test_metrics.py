@@ -6,6 +6,7 @@ compute in float64 and only summation order differs.
 
 import math
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -233,7 +234,7 @@ def test_evaluate_matches_pysaliency_on_a_small_dataset(tmp_path):
     assert (tmp_path / "metrics.json").exists() and "| sAUC |" in (tmp_path / "metrics.md").read_text()
 
 
-def test_evaluate_accepts_a_callable_or_a_one_shot_iterator():
+def test_evaluate_accepts_a_callable_or_a_one_shot_iterator_and_any_number_of_workers():
     rng = np.random.default_rng(10)
     sizes = [(H, W), (20, 27), (H, W)]
     lds = [_log_density(rng, s) for s in sizes]
@@ -243,9 +244,17 @@ def test_evaluate_accepts_a_callable_or_a_one_shot_iterator():
     xs = np.minimum(xs, np.repeat([s[1] for s in sizes], 8) - 0.5)
     ns = np.repeat(np.arange(3), 8)
     kwargs = dict(sigma=2.0, batch_size=2, canvas_multiple=32)
-    from_callable = evaluation.evaluate(lambda n: lds[n], sizes, xs, ys, ns, **kwargs)
+    calls = []
+    from_callable = evaluation.evaluate(lambda n: calls.append(threading.get_ident()) or lds[n], sizes, xs, ys, ns, workers=3, **kwargs)
+    assert set(calls) == {threading.get_ident()}  # the callable is only ever called from the caller's thread
     from_iterator = evaluation.evaluate(iter(lds), sizes, xs, ys, ns, **kwargs)
     assert from_callable.summary == from_iterator.summary
+    one_thread = evaluation.evaluate(lds, sizes, xs, ys, ns, workers=1, **kwargs)
+    assert one_thread.summary == from_callable.summary
+    for name, values in from_callable.per_image.items():
+        np.testing.assert_array_equal(values, one_thread.per_image[name], err_msg=name)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        evaluation.evaluate(lds, sizes, xs, ys, ns, workers=0, **kwargs)
     assert set(from_callable.per_image) == {"LL", "AUC", "sAUC", "NSS", "AUC_Judd", "CC", "KLDiv", "SIM"}
     assert all(v.shape == (3,) for v in from_callable.per_image.values())
 
