@@ -276,8 +276,8 @@ def evaluate(
     blur_mode: boundary rule of the prediction's blur (the empirical map uses 'reflect' as pysaliency).
     batch_size: images per computation. Small batches are faster on CPU: XLA gives every computation
         fresh memory, and the page faults of large buffers cost a third of the time at batch size 8.
-    workers: batches computed at once, each on its own thread (XLA:CPU runs one computation mostly on
-        one core); default: the number of CPU cores, at most 4. The results do not depend on it; the
+    workers: batches computed at once, each on its own thread (one computation at a time leaves CPU
+        cores idle); default: the number of CPU cores, at most 4. The results do not depend on it; the
         prediction callables are always called from the calling thread, outside JAX's x64 mode.
     sim_map: the map SIM is scored on. "blurred": the blurred density, as CC and KLDiv (fast).
         "optimal": the map that maximises expected SIM (Kümmerer et al. 2018;
