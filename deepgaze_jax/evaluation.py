@@ -294,6 +294,9 @@ def evaluate(
         raise ValueError(f"sim_map must be one of {sorted(SIM_MAPS)}, got {sim_map!r}")
     if sim_map == "optimal" and not (isinstance(sim_map_epochs, (int, np.integer)) and sim_map_epochs >= 1):
         raise ValueError(f"sim_map_epochs must be a positive integer, got {sim_map_epochs!r}")
+    workers = _default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     start = time.perf_counter()
     sizes = np.asarray(image_sizes, dtype=np.int64).reshape(-1, 2)
     n_images = len(sizes)
@@ -329,11 +332,17 @@ def evaluate(
     batches = [(canvas, idx[i : i + batch_size]) for canvas, idx in groups.items() for i in range(0, len(idx), batch_size)]
 
     def canvas_batch(canvas, idx, getter, what):
+        # Padded batch slots repeat the first image (see batch_sizes).
         arr = np.zeros((batch_size, *canvas))
         for b, n in enumerate(idx):
             h, w = sizes[n]
             arr[b, :h, :w] = _load(getter, n, (int(h), int(w)), what)
+        arr[len(idx) :] = arr[0]
         return arr
+
+    def own(n):
+        # Rows of image n's fixations in the flat arrays.
+        return order[starts[n] : starts[n + 1]]
 
     def batch_sizes(idx):
         # Padded batch slots repeat the first image, so every slot is a well-formed image.
@@ -344,9 +353,8 @@ def evaluate(
 
     def load1(item):
         canvas, idx = item
-        full, bsizes = batch_sizes(idx)
+        _, bsizes = batch_sizes(idx)
         arr = canvas_batch(canvas, idx, get, "log density")
-        arr[len(idx) :] = arr[0]
         weights = np.zeros(batch_size)
         weights[: len(idx)] = 1
         return arr, bsizes, weights
@@ -360,28 +368,24 @@ def evaluate(
     rescaled: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def negatives(n):
-        # All fixations rescaled to image n's size, as metrics.shuffled_negatives; the mask drops n's own.
+        # All fixations rescaled to image n's size (once per size), as metrics.shuffled_negatives; the mask drops n's own.
         key = (int(sizes[n, 0]), int(sizes[n, 1]))
         if key not in rescaled:
-            rescaled[key] = (np.trunc(xs_all * (key[1] / sizes[image_of, 1])), np.trunc(ys_all * (key[0] / sizes[image_of, 0])))
+            rescaled[key] = metrics.rescaled_fixations(key, sizes, xs_all, ys_all, image_of)
         return rescaled[key] + (image_of != n,)
 
     def load2(item):
         canvas, idx = item
         full, bsizes = batch_sizes(idx)
         arr = canvas_batch(canvas, idx, get, "log density")
-        arr[len(idx) :] = arr[0]
-        base = None
-        if get_baseline is not None:
-            base = canvas_batch(canvas, idx, get_baseline, "baseline log density")
-            base[len(idx) :] = base[0]
+        base = None if get_baseline is None else canvas_batch(canvas, idx, get_baseline, "baseline log density")
         # Fixations (B, n_pad), then negatives (B, F): one array, one sAUC map lookup (see _sauc_values_kernel).
         all_xs = np.zeros((batch_size, n_pad + xs_all.size))
         all_ys = np.zeros((batch_size, n_pad + xs_all.size))
         all_mask = np.zeros((batch_size, n_pad + xs_all.size), bool)
         for b, n in enumerate(full):
-            own = order[starts[n] : starts[n + 1]]
-            all_xs[b, : own.size], all_ys[b, : own.size], all_mask[b, : own.size] = xs_all[own], ys_all[own], True
+            rows = own(n)
+            all_xs[b, : rows.size], all_ys[b, : rows.size], all_mask[b, : rows.size] = xs_all[rows], ys_all[rows], True
             all_xs[b, n_pad:], all_ys[b, n_pad:], all_mask[b, n_pad:] = negatives(n)
         return idx, arr, bsizes, base, all_xs, all_ys, all_mask
 
@@ -397,14 +401,11 @@ def evaluate(
             out = {key: np.asarray(value)[: len(idx)] for key, value in out.items()}
         if sim_map == "optimal":  # replaces SIM of the blurred density
             out["SIM"] = np.array([
-                _optimal_sim(arr[b, : sizes[n, 0], : sizes[n, 1]], xs_all[order[starts[n] : starts[n + 1]]],
-                             ys_all[order[starts[n] : starts[n + 1]]], float(sigma), int(sim_map_seed), int(sim_map_epochs))
+                _optimal_sim(arr[b, : sizes[n, 0], : sizes[n, 1]], xs_all[own(n)], ys_all[own(n)], float(sigma),
+                             int(sim_map_seed), int(sim_map_epochs))
                 for b, n in enumerate(idx)])
         return out
 
-    workers = _default_workers() if workers is None else int(workers)
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
     # Pass 1: the sum of all predictions, added in batch order (the same sum for any number of workers).
     total = np.zeros(compute_size)
     for partial in _in_order(load1, compute1, batches, workers):
@@ -419,7 +420,7 @@ def evaluate(
             if key in PER_FIXATION:
                 target = per_fix.setdefault(key, np.full(xs_all.size, np.nan))
                 for b, n in enumerate(idx):
-                    target[order[starts[n] : starts[n + 1]]] = value[b, : counts[n]]
+                    target[own(n)] = value[b, : counts[n]]
             else:
                 per_img.setdefault(key, np.full(n_images, np.nan))[idx] = value
 

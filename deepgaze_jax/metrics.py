@@ -626,12 +626,21 @@ def shuffled_negatives(
     image_sizes: (n_images, 2) of (H, W); fixation_*: flat (F,) arrays over the dataset.
     Returns (xs, ys), each (M,) float with integer values, M = fixations on other images.
     """
+    other = np.asarray(fixation_image_index) != image_index
+    xs, ys = rescaled_fixations(np.asarray(image_sizes)[image_index], image_sizes, fixation_xs, fixation_ys,
+                                fixation_image_index)
+    return xs[other], ys[other]
+
+
+def rescaled_fixations(shape: tuple[int, int], image_sizes, fixation_xs, fixation_ys,
+                       fixation_image_index) -> tuple[np.ndarray, np.ndarray]:
+    """Every fixation of the dataset moved to an image of ``shape`` (H, W): ``int(x * W / W_own)``, same
+    for y (pysaliency's shuffled nonfixations). Returns (xs, ys), each (F,) float with integer values."""
     sizes = np.asarray(image_sizes, dtype=np.float64)
     n = np.asarray(fixation_image_index)
-    other = n != image_index
-    height, width = sizes[image_index]
-    xs = np.asarray(fixation_xs, dtype=np.float64)[other] * (width / sizes[n[other], 1])
-    ys = np.asarray(fixation_ys, dtype=np.float64)[other] * (height / sizes[n[other], 0])
+    height, width = float(shape[0]), float(shape[1])
+    xs = np.asarray(fixation_xs, dtype=np.float64) * (width / sizes[n, 1])
+    ys = np.asarray(fixation_ys, dtype=np.float64) * (height / sizes[n, 0])
     return np.trunc(xs), np.trunc(ys)
 
 
