@@ -462,7 +462,8 @@ def fit(
     expected = train.features[0].shape[-1]
     if expected != model.feature_channels:
         raise ValueError(f"cached features have {expected} channels, {config.model} needs {model.feature_channels}")
-    distributed.assert_same_everywhere(fingerprint(config, train, val), "the config or the data")
+    if jax.process_count() > 1:
+        distributed.assert_same_everywhere(fingerprint(config, train, val), "the config or the data")
     global_batch = _round_up(config.batch_size, jax.device_count())
     steps_per_epoch = len(batches(train, global_batch, seed=config.seed, epoch=0))
     trainer = Trainer(model, make_optimizer(config, steps_per_epoch))
