@@ -454,12 +454,17 @@ def _delta_profiles(positions, lengths, length: int, sigma: float, truncate: flo
     """Blurred unit impulses: (B, N) pixel positions (-1: none) on axes of ``lengths`` -> (B, N, length).
 
     Row n of image b is ``gaussian_filter1d`` of the impulse at positions[b, n] along an axis of
-    lengths[b] (undefined past it). For 'reflect' on axes at least one kernel radius long, each output
-    sums the kernel at three offsets (the impulse and its two mirror images), elementwise; otherwise
-    the impulses are blurred by FFT.
+    lengths[b] (undefined past it). For 'constant' (zero padding) each row is the kernel itself,
+    centred on the impulse, read from its table. For 'reflect' on axes at least one kernel radius
+    long, each output sums the kernel at three offsets (the impulse and its two mirror images),
+    elementwise; otherwise the impulses are blurred by FFT.
     """
     kernel = gaussian_kernel_1d(sigma, truncate)
     radius = (kernel.shape[0] - 1) // 2
+    if mode == "constant":
+        offset = jnp.arange(length)[None, None, :] - positions[:, :, None] + radius
+        inside = (offset >= 0) & (offset <= 2 * radius) & (positions[:, :, None] >= 0)
+        return jnp.where(inside, jnp.asarray(kernel, dtype)[jnp.clip(offset, 0, 2 * radius)], 0)
     deltas = (jnp.arange(length)[None, None, :] == positions[:, :, None]).astype(dtype)
 
     def by_fft():
