@@ -62,6 +62,8 @@ class TrainConfig:
       feature_dtype: dtype of the cached features (``"float32"`` or ``"bfloat16"``).
       weight_decay: decoupled weight decay (AdamW, scaled by the learning rate) of the readout
         kernels; biases, sigma and the center-bias weight are not decayed.
+      dropout: probability of zeroing each backbone feature in training (the rest scaled by
+        ``1 / (1 - dropout)``); ``dropout_channels`` drops whole channels of an image instead.
     """
 
     model: str = "deepgaze1"
@@ -75,6 +77,8 @@ class TrainConfig:
     seed: int = 0
     feature_dtype: str = "float32"
     weight_decay: float = 0.0
+    dropout: float = 0.0
+    dropout_channels: bool = False
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -88,6 +92,8 @@ class TrainConfig:
                 raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)}")
         if self.weight_decay < 0:
             raise ValueError(f"config: weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"config: dropout must be in [0, 1), got {self.dropout}")
         if self.learning_rate <= 0:
             raise ValueError(f"config: learning_rate must be > 0, got {self.learning_rate}")
 
@@ -316,13 +322,17 @@ class Trainer:
     """Jitted train and eval steps for one model and optimizer, sharded over the batch axis.
 
     ``devices`` (default: all of them, those of every process) form the mesh. Step outputs are
-    replicated, so every process can read them whole.
+    replicated, so every process can read them whole. ``dropout`` (see :class:`TrainConfig`) applies
+    to the features of train steps only, with masks drawn from ``seed`` and the step count.
     """
 
     def __init__(self, model: model_lib.DeepGaze, optimizer: optax.GradientTransformation,
-                 devices: Sequence[jax.Device] | None = None):
+                 devices: Sequence[jax.Device] | None = None, dropout: float = 0.0,
+                 dropout_channels: bool = False, seed: int = 0):
         self.model = model
         self.optimizer = optimizer
+        self.dropout, self.dropout_channels = dropout, dropout_channels
+        self.dropout_key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x64726F70)  # "drop"
         devices = list(devices) if devices is not None else jax.devices()
         self.mesh = jax.sharding.Mesh(np.array(devices), ("data",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -339,7 +349,15 @@ class Trainer:
         ll = per_image_log_likelihood(self.model, head, features, centerbias, xs, ys, mask)
         return -(ll * weight).sum() / jnp.maximum(weight.sum(), 1.0)
 
+    def _drop(self, features: jax.Array, step: jax.Array) -> jax.Array:
+        b, _, _, c = features.shape
+        shape = (b, 1, 1, c) if self.dropout_channels else features.shape
+        keep = jax.random.bernoulli(jax.random.fold_in(self.dropout_key, step), 1.0 - self.dropout, shape)
+        return jnp.where(keep, features / (1.0 - self.dropout), 0.0).astype(features.dtype)
+
     def _train_step(self, state, features, centerbias, xs, ys, mask, weight):
+        if self.dropout > 0:
+            features = self._drop(features, state["step"])
         loss, grads = jax.value_and_grad(self._loss)(state["params"], features, centerbias, xs, ys, mask, weight)
         updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -466,7 +484,8 @@ def fit(
         distributed.assert_same_everywhere(fingerprint(config, train, val), "the config or the data")
     global_batch = _round_up(config.batch_size, jax.device_count())
     steps_per_epoch = len(batches(train, global_batch, seed=config.seed, epoch=0))
-    trainer = Trainer(model, make_optimizer(config, steps_per_epoch))
+    trainer = Trainer(model, make_optimizer(config, steps_per_epoch), dropout=config.dropout,
+                      dropout_channels=config.dropout_channels, seed=config.seed)
     state = trainer.init_state(model.init_head(jax.random.PRNGKey(config.seed)))
     meta = {"epoch": 0, "best_val": -math.inf, "since_best": 0, "history": []}
     best_params = jax.device_get(state["params"])

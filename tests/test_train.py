@@ -98,13 +98,15 @@ def test_training_improves_validation_and_is_deterministic(data):
         np.testing.assert_array_equal(x, y)
 
 
-def test_resume_after_interruption_gives_the_same_params(data, tmp_path):
+@pytest.mark.parametrize("config", [CONFIG, dataclasses.replace(CONFIG, dropout=0.3, dropout_channels=True)],
+                         ids=["plain", "dropout"])
+def test_resume_after_interruption_gives_the_same_params(data, tmp_path, config):
     *_, fixations = data
     train, val = fixations.subset(range(8)), fixations.subset(range(8, 12))
-    straight = T.fit(CONFIG, train, val, centerbias, workdir=tmp_path / "a", progress=False)
-    first = T.fit(CONFIG, train, val, centerbias, workdir=tmp_path / "b", progress=False, stop_after_epochs=2)
+    straight = T.fit(config, train, val, centerbias, workdir=tmp_path / "a", progress=False)
+    first = T.fit(config, train, val, centerbias, workdir=tmp_path / "b", progress=False, stop_after_epochs=2)
     assert first.epochs == 2
-    resumed = T.fit(CONFIG, train, val, centerbias, workdir=tmp_path / "b", progress=False)
+    resumed = T.fit(config, train, val, centerbias, workdir=tmp_path / "b", progress=False)
     assert resumed.epochs == straight.epochs == 4
     for x, y in zip(jax.tree.leaves(straight.final_state), jax.tree.leaves(resumed.final_state)):
         np.testing.assert_array_equal(x, y)
@@ -286,6 +288,35 @@ def test_bad_configs_and_data_are_refused_before_compute(data):
     with pytest.raises(ValueError, match="outside"):
         T.FixationSet(fixations.features[:1], [(10, 10)], [np.array([12.0], np.float32)],
                       [np.array([1.0], np.float32)], 16)
+
+
+@pytest.mark.parametrize("channels", [False, True])
+def test_dropout_zeroes_features_in_train_steps_only(data, channels):
+    """DeepGaze I's readout is one linear map, so a feature channel dropped from the only image of a
+    batch gets no gradient, and Adam's first update of its weight is exactly 0."""
+    model, *_ = data
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        T.TrainConfig(dropout=1.0)
+    trainer = T.Trainer(model, T.make_optimizer(CONFIG, 1), dropout=0.5, dropout_channels=channels, seed=3)
+    head = jax.device_get(model.init_head(jax.random.PRNGKey(0)))  # a host copy: the steps donate the state
+    features = np.random.RandomState(0).randn(4, 5, 256).astype(np.float32)  # a 4x5 grid (AlexNet's on 64x80: 1x1)
+    one = T.FixationSet([features], [(64, 80)], [np.array([10.0, 50.0], np.float32)],
+                        [np.array([20.0, 30.0], np.float32)], 2)
+    batch = T.batches(one, 1, seed=None)[0]
+    args = trainer.put_batch(batch, centerbias(batch.shape))
+    state, _ = trainer.train_step(trainer.init_state(head), *args)
+    moved = np.asarray(state["params"]["readout"]["conv0"]["kernel"] != head["readout"]["conv0"]["kernel"]).ravel()
+    if channels:
+        assert 0.35 < moved.mean() < 0.65, moved.mean()  # about half of the 256 channels dropped
+    else:
+        assert moved.all()  # every channel keeps about half of its 20 pixels
+    again, _ = trainer.train_step(trainer.init_state(head), *args)  # the masks follow seed and step
+    np.testing.assert_array_equal(again["params"]["readout"]["conv0"]["kernel"],
+                                  state["params"]["readout"]["conv0"]["kernel"])
+    plain = T.Trainer(model, T.make_optimizer(CONFIG, 1))
+    features, cb, xs, ys, *_ = args
+    np.testing.assert_array_equal(trainer.fixation_step(head, features, cb, xs, ys),
+                                  plain.fixation_step(head, features, cb, xs, ys))
 
 
 def test_weight_decay_shrinks_only_the_readout_kernels():
