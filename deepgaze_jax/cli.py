@@ -292,6 +292,9 @@ def _add_train(sub) -> None:
                    help="predictor file to write (default <model>.safetensors)")
     p.add_argument("--max-images", type=_positive_int, default=None,
                    help="use only the first N images (a quick trial run)")
+    p.add_argument("--seeds", type=_positive_int, default=1,
+                   help="train every fold from this many seeds (the config's seed and the next ones) and "
+                        "use their ensemble (default 1)")
     multi = p.add_argument_group(
         "multi-process (multi-host) training",
         "Run the same command once per process (e.g. per host), with --cache on a file system all of them "
@@ -356,7 +359,7 @@ def _train(args: argparse.Namespace) -> int:
     command = "deepgaze " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepgaze") else ""
     try:
         results = crossval.run(config, args.data, folds, args.cache, args.results, out, args.backbone, command,
-                               args.max_images)
+                               args.max_images, args.seeds)
     except (OSError, ValueError) as e:
         error(e)
         return 1

@@ -17,6 +17,7 @@ builds the caches first (the others then read them) and alone prints and writes 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,6 +26,7 @@ import platform
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from deepgaze_jax import data as data_lib
@@ -95,6 +97,17 @@ def summarise(model_bits, cb_bits, gold_bits) -> dict:
     }
 
 
+def ensemble_bits(members: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Per image, the log-likelihood (bits vs uniform) of each fixation under the mean density of the
+    members, from each member's per-image ``(n_i,)`` bits."""
+    return [np.log2(np.mean(np.exp2(np.stack(per_image)), axis=0)) for per_image in zip(*members)]
+
+
+def results_name(model: str, seeds: int) -> str:
+    """The stem of a run's result files: the model, and ``_<K>seeds`` for seed ensembles."""
+    return model if seeds == 1 else f"{model}_{seeds}seeds"
+
+
 def parse_folds(text: str, n_folds: int = 10) -> list[int]:
     """``"0-9"``, ``"3"`` or ``"0,4,7"`` -> fold indices."""
     try:
@@ -113,14 +126,19 @@ def parse_folds(text: str, n_folds: int = 10) -> list[int]:
 
 def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: pathlib.Path,
         results_dir: pathlib.Path | None = None, heads_path: pathlib.Path | None = None,
-        backbone_path: pathlib.Path | None = None, command: str = "", max_images: int | None = None) -> dict:
+        backbone_path: pathlib.Path | None = None, command: str = "", max_images: int | None = None,
+        seeds: int = 1) -> dict:
     """Train ``config`` on the given folds of MIT1003 (twosize) and evaluate each on its test images.
 
-    Checkpoints go to ``cache/runs/<model>/fold<k>`` (an interrupted run resumes), the backbone
-    features to ``cache``. Returns the results (also written to ``results_dir`` as JSON and
-    Markdown); the fold models are written as one predictor file to ``heads_path``. ``max_images``
-    keeps only the first images (a quick trial run).
+    Checkpoints go to ``cache/runs/<model>/fold<k>`` (an interrupted run resumes; ``fold<k>_seed<s>``
+    for the extra seeds), the backbone features to ``cache``. Returns the results (also written to
+    ``results_dir`` as JSON and Markdown, named by :func:`results_name`); the fold models are written
+    as one predictor file to ``heads_path``. ``max_images`` keeps only the first images (a quick trial run). ``seeds`` > 1
+    trains every fold from that many seeds (``config.seed`` and the ones after it) and predicts its
+    test images with their ensemble (densities averaged).
     """
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
     started = time.time()
     with distributed.main_first("deepgaze_jax.crossval: tfds"):
         dataset = data_lib.load_mit1003(data_dir, "twosize", data_dir=cache / "tfds")
@@ -146,28 +164,37 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
         center_bias = center_biases[fold] = CenterBias.fit(dataset.subset(split["train"]))
         cb = centerbias_function(center_bias)
         fold_start = time.time()
-        result = T.fit(config, fixations.subset(split["train"]), fixations.subset(split["val"]), cb,
-                       workdir=cache / "runs" / f"{config.model}{suffix}" / f"fold{fold}",
-                       split={k: [dataset.image_ids[i] for i in v] for k, v in split.items()})
+        members = []
+        for offset in range(seeds):
+            seeded = dataclasses.replace(config, seed=config.seed + offset)
+            name = f"fold{fold}" if offset == 0 else f"fold{fold}_seed{seeded.seed}"
+            members.append(T.fit(seeded, fixations.subset(split["train"]), fixations.subset(split["val"]), cb,
+                                 workdir=cache / "runs" / f"{config.model}{suffix}" / name,
+                                 split={k: [dataset.image_ids[i] for i in v] for k, v in split.items()}))
         trainer = T.Trainer(model, T.make_optimizer(config, 1))
         test = fixations.subset(split["test"])
-        bits = trainer.fixation_log_likelihoods(result.best_params, test, cb, config.batch_size)
+        bits = ensemble_bits([trainer.fixation_log_likelihoods(m.best_params, test, cb, config.batch_size)
+                              for m in members])
         fold_model, fold_cb, fold_gold = [], [], []
         for j, i in enumerate(split["test"]):
             model_bits[i] = bits[j]
             cb_bits[i] = bits_at(cb(test.shapes[j]), test.xs[j], test.ys[j])
             gold_bits[i] = gold_nats[rows[i]] / LN2
             fold_model.append(model_bits[i]), fold_cb.append(cb_bits[i]), fold_gold.append(gold_bits[i])
-        record = {"fold": fold, **summarise(fold_model, fold_cb, fold_gold), "epochs": result.epochs,
-                  "restarts": result.restarts,
-                  "best_val_log_likelihood_per_image": result.best_val, "seconds": time.time() - fold_start,
+        runs = [{"seed": config.seed + offset, "epochs": m.epochs, "restarts": m.restarts,
+                 "best_val_log_likelihood_per_image": m.best_val,
+                 "sigma": float(m.best_params["finalizer"]["sigma"]),
+                 "center_bias_weight": float(m.best_params["finalizer"]["center_bias_weight"]),
+                 "history": m.history} for offset, m in enumerate(members)]
+        record = {"fold": fold, **summarise(fold_model, fold_cb, fold_gold), **runs[0],
+                  "seconds": time.time() - fold_start,
                   "center_bias_bandwidth": center_bias.bandwidth,
-                  "center_bias_uniform_weight": center_bias.uniform_weight,
-                  "sigma": float(result.best_params["finalizer"]["sigma"]),
-                  "center_bias_weight": float(result.best_params["finalizer"]["center_bias_weight"]),
-                  "history": result.history}
+                  "center_bias_uniform_weight": center_bias.uniform_weight}
+        del record["seed"]
+        if seeds > 1:
+            record["members"] = runs
         records.append(record)
-        heads.append(result.best_params)
+        heads.append([m.best_params for m in members])
         _print(f"fold {fold}: LL {record['log_likelihood']:.3f} IG {record['information_gain']:.3f} "
                f"explained {100 * record['explained_information_gain']:.1f} % ({record['epochs']} epochs, "
                f"{record['seconds']:.0f} s)")
@@ -178,6 +205,7 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
     results = {
         "model": config.model,
         "config": json.loads(config.to_json()),
+        "seeds_per_fold": seeds,
         "dataset": f"MIT1003 twosize (1024x768 / 768x1024), conventional filtering, {len(dataset)} images",
         "folds": records,
         "total": total,
@@ -193,23 +221,27 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
     }
     if results_dir is not None and distributed.is_main():
         results_dir.mkdir(parents=True, exist_ok=True)
-        stem = results_dir / f"{config.model}_crossval"
+        name = results_name(config.model, seeds)
+        stem = results_dir / f"{name}_crossval"
         stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
         stem.with_suffix(".md").write_text(markdown(results))
-        evaluation.write(results_dir, stem=f"{config.model}_crossval_metrics")
-        plot_training_curves(results_dir / f"{config.model}_training_curves.png", results)
+        evaluation.write(results_dir, stem=f"{name}_crossval_metrics")
+        plot_training_curves(results_dir / f"{name}_training_curves.png", results)
     if heads_path is not None and distributed.is_main():
-        save_predictor_heads(heads_path, model, heads, CenterBias.fit(dataset),
+        save_predictor_heads(heads_path, model, [h for fold_heads in heads for h in fold_heads],
+                             CenterBias.fit(dataset),
                              {"trained_on": "MIT1003 twosize, cross-validation",
-                              "folds": ",".join(str(f) for f in folds)})
+                              "folds": ",".join(str(f) for f in folds), "seeds_per_fold": str(seeds)})
     return results
 
 
-def test_metrics(model, heads: dict[int, dict], center_biases: dict[int, CenterBias], dataset,
+def test_metrics(model, heads: dict[int, list[dict]], center_biases: dict[int, CenterBias], dataset,
                  features: list[np.ndarray], results_dir: pathlib.Path | None, name: str):
     """Every metric (:func:`deepgaze_jax.evaluation.evaluate`) on the test images of the given folds,
-    each image predicted by the model of the fold that tests it, the fold's center bias as baseline."""
+    each image predicted by the model of the fold that tests it (the ensemble of the fold's heads,
+    densities averaged, where it has several), the fold's center bias as baseline."""
     from deepgaze_jax.evaluation import evaluate
+    from deepgaze_jax.model import mixture
 
     fold_of = {}
     for fold in heads:
@@ -222,7 +254,8 @@ def test_metrics(model, heads: dict[int, dict], center_biases: dict[int, CenterB
     def prediction(n):
         i = images[n]
         cb = cbs[fold_of[i]](sizes[n])
-        return np.asarray(model.head(heads[fold_of[i]], features[i][None], cb[None])[0])
+        members = [model.head(h, features[i][None], cb[None])[0] for h in heads[fold_of[i]]]
+        return np.asarray(mixture(jnp.stack(members)))
 
     f = dataset.fixations
     local = {i: n for n, i in enumerate(images)}
@@ -256,8 +289,10 @@ def plot_training_curves(path: pathlib.Path, results: dict) -> None:
 
 def markdown(results: dict) -> str:
     t = results["total"]
+    seeds = results.get("seeds_per_fold", 1)
+    ensemble = f", each fold the ensemble of {seeds} seeds" if seeds > 1 else ""
     lines = [
-        f"# {results['model']}: 10-fold cross-validation on MIT1003",
+        f"# {results['model']}: 10-fold cross-validation on MIT1003{ensemble}",
         "",
         f"Command: `{results['command']}`  ",
         f"Machine: {results['machine']}  ",

@@ -1,6 +1,6 @@
 """The 10-fold cross-validation of the papers, with the results committed in ``experiments/results``.
 
-    python experiments/crossval.py --model deepgaze1 [--ship] [--cache DIR --results DIR]
+    python experiments/crossval.py --model deepgaze1 [--ship] [--seeds K] [--cache DIR --results DIR]
 
 The same as ``deepgaze train`` (``deepgaze_jax/crossval.py``) on ``../shared/data/MIT1003`` with the
 config ``experiments/configs/<model>.json``; ``--ship`` writes the fold ensemble to
@@ -28,13 +28,14 @@ def main() -> int:
     parser.add_argument("--cache", type=pathlib.Path, default=REPO / ".cache",
                         help="dataset, features and checkpoints (a fresh one times the whole run)")
     parser.add_argument("--results", type=pathlib.Path, default=REPO / "experiments" / "results")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per fold (their ensemble tests the fold)")
     args = parser.parse_args()
     overrides = json.loads((REPO / "experiments" / "configs" / f"{args.model}.json").read_text())
     config = TrainConfig.from_dict({"model": args.model, **overrides})
     out = (REPO / "deepgaze_jax" / "assets" if args.ship else args.cache) / f"{args.model}.safetensors"
     results = crossval.run(config, args.data, crossval.parse_folds(args.folds), args.cache,
                            args.results, out, args.backbone,
-                           command="python experiments/crossval.py " + " ".join(sys.argv[1:]))
+                           command="python experiments/crossval.py " + " ".join(sys.argv[1:]), seeds=args.seeds)
     print(crossval.markdown(results))
     return 0
 

@@ -2,8 +2,8 @@
 
     python experiments/crossval_metrics.py --model deepgaze1 [--heads deepgaze_jax/assets/deepgaze1.safetensors]
 
-The predictor file holds the fold models in fold order (its ``folds`` metadata); each test image is
-predicted by the model of its fold, with that fold's center bias (refitted on the fold's training
+The predictor file holds the fold models in fold order (its ``folds`` metadata; ``seeds_per_fold``
+members each); each test image is predicted by the model (or seed ensemble) of its fold, with that fold's center bias (refitted on the fold's training
 images, as during training). Adds ``metrics`` to ``experiments/results/<model>_crossval.json`` and
 rewrites the ``.md``; writes ``<model>_crossval_metrics.json/.md`` with the per-image scores.
 """
@@ -34,20 +34,23 @@ def main() -> int:
     tree, meta = load_params(args.heads or ASSETS / f"{args.model}.safetensors")
     model = model_from_json(meta["model_config"])
     folds = [int(f) for f in meta["folds"].split(",")]
-    heads = {fold: jax.tree.map(lambda x, k=k: x[k], tree["heads"]) for k, fold in enumerate(folds)}
+    seeds = int(meta.get("seeds_per_fold", "1"))  # members are stored fold after fold
+    member = lambda k: jax.tree.map(lambda x: x[k], tree["heads"])  # noqa: E731
+    heads = {fold: [member(n * seeds + s) for s in range(seeds)] for n, fold in enumerate(folds)}
     dataset = data_lib.load_mit1003(args.data, "twosize", data_dir=cache / "tfds")
     features = crossval.cached_features(model, None, dataset, cache / f"features_{args.model}_{model.dtype}.npz")
     center_biases = {fold: CenterBias.fit(dataset.subset(data_lib.crossval_splits(len(dataset), fold)["train"]))
                      for fold in folds}
     evaluation = crossval.test_metrics(model, heads, center_biases, dataset, features, None, args.model)
-    evaluation.write(results_dir, stem=f"{args.model}_crossval_metrics")
-    path = results_dir / f"{args.model}_crossval.json"
+    name = crossval.results_name(args.model, seeds)
+    evaluation.write(results_dir, stem=f"{name}_crossval_metrics")
+    path = results_dir / f"{name}_crossval.json"
     results = json.loads(path.read_text())
     results["metrics"] = evaluation.summary
     results["metrics_command"] = "python experiments/crossval_metrics.py " + " ".join(sys.argv[1:])
     path.write_text(json.dumps(results, indent=2) + "\n")
     path.with_suffix(".md").write_text(crossval.markdown(results))
-    crossval.plot_training_curves(results_dir / f"{args.model}_training_curves.png", results)
+    crossval.plot_training_curves(results_dir / f"{name}_training_curves.png", results)
     print(crossval.markdown(results))
     return 0
 

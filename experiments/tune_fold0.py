@@ -28,11 +28,6 @@ from deepgaze_jax.pretrained import load_backbone
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def ensemble_bits(members: list[list[np.ndarray]]) -> list[np.ndarray]:
-    """Per image, the bits of each fixation under the mean density of the members (bits vs uniform)."""
-    return [np.log2(np.mean(np.exp2(np.stack(per_model)), axis=0)) for per_model in zip(*members)]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+", help="TrainConfig JSON objects (one model for all)")
@@ -68,7 +63,7 @@ def main() -> None:
         if args.seeds > 1:
             per_image = lambda bits: float(np.mean([b.mean() for b in bits]))  # noqa: E731
             singles = [per_image(m) for m in members]
-            print(f"ensemble of {args.seeds} seeds: val {per_image(ensemble_bits(members)):.4f} bits/fixation "
+            print(f"ensemble of {args.seeds} seeds: val {per_image(crossval.ensemble_bits(members)):.4f} bits/fixation "
                   f"(per image; members {', '.join(f'{s:.4f}' for s in singles)}, mean {np.mean(singles):.4f})",
                   flush=True)
 

@@ -6,20 +6,26 @@ import numpy as np
 import pytest
 
 from deepgaze_jax import cli
+from deepgaze_jax.params_io import load_params
 
 
 def test_train_then_predict_with_the_result(mit1003_dir, tmp_path, capsys):
     out = tmp_path / "trial.safetensors"
     status = cli.main(["train", "--data", str(mit1003_dir), "--max-images", "20", "--folds", "0,1",
                        "--set", "max_epochs=2", "--set", "batch_size=2", "--cache", str(tmp_path / "cache"),
-                       "--results", str(tmp_path / "results"), "--out", str(out)])
+                       "--results", str(tmp_path / "results"), "--out", str(out), "--seeds", "2"])
     assert status == 0, capsys.readouterr().err
-    results = json.loads((tmp_path / "results" / "deepgaze1_crossval.json").read_text())
+    results = json.loads((tmp_path / "results" / "deepgaze1_2seeds_crossval.json").read_text())
     assert [f["fold"] for f in results["folds"]] == [0, 1]
+    assert results["seeds_per_fold"] == 2
+    assert [[m["seed"] for m in f["members"]] for f in results["folds"]] == [[0, 1], [0, 1]]
+    assert load_params(out)[1]["members"] == "4"  # two seeds for each of two folds
     assert results["total"]["images"] == 4  # two test chunks of ceil(20 / 10) images
     assert results["config"]["max_epochs"] == 2
     assert np.isfinite(results["total"]["information_gain"])
     assert (tmp_path / "cache" / "runs" / "deepgaze1_first20" / "fold0" / "config.json").exists()
+    assert json.loads((tmp_path / "cache" / "runs" / "deepgaze1_first20" / "fold1_seed1" / "config.json")
+                      .read_text())["seed"] == 1
 
     image = sorted((mit1003_dir / "STIMULI").iterdir())[0]
     status = cli.main(["predict", str(image), "--heads", str(out), "--out", str(tmp_path / "pred"), "--no-png"])
@@ -33,6 +39,7 @@ def test_train_then_predict_with_the_result(mit1003_dir, tmp_path, capsys):
     (["--set", "batch_size=four"], "batch_size must be of type int"),
     (["--set", "nonsense"], "expected KEY=VALUE"),
     (["--folds", "3-12"], "not in 0..9"),
+    (["--set", "dropout=1.0"], "dropout must be in [0, 1)"),
     (["--num-processes", "2", "--process-id", "0"], "need --coordinator HOST:PORT or --distributed"),
     (["--coordinator", "localhost:1234"], "needs the number of processes and this process's id"),
     (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "2"], "process id 2 is not in 0..1"),
