@@ -42,14 +42,16 @@ PAPER = {"deepgaze1": "56 % explained information gain (Kümmerer et al. 2015)",
          "deepgaze2_vgg19": "87 % explained information gain with SALICON pre-training (Kümmerer et al. 2016)"}
 
 
-def cached_features(model, backbone, dataset, path: pathlib.Path) -> list[np.ndarray]:
-    """Backbone features of every image, computed once and kept as an ``.npz`` (no pickle)."""
+def cached_features(model, backbone, dataset, path: pathlib.Path, flip: bool = False) -> list[np.ndarray]:
+    """Backbone features of every image (``flip``: of the mirrored images), computed once and kept as an
+    ``.npz`` (no pickle)."""
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             if int(z["count"]) == len(dataset):
                 return [z[f"f{i}"] for i in range(len(dataset))]
     start = time.time()
-    features = T.cache_features(model, backbone, dataset.images, batch_size=4, progress=distributed.is_main())
+    features = T.cache_features(model, backbone, dataset.images, batch_size=4, progress=distributed.is_main(),
+                                flip=flip)
     _print(f"features of {len(dataset)} images in {time.time() - start:.0f} s")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{jax.process_index()}.npz")
@@ -150,7 +152,10 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
     with distributed.main_first("deepgaze_jax.crossval: features"):
         features = cached_features(model, backbone, dataset,
                                    cache / f"features_{config.model}_{config.feature_dtype}{suffix}.npz")
-    fixations = T.FixationSet.from_dataset(dataset, features)
+        flipped = None if not config.flip else cached_features(
+            model, backbone, dataset, cache / f"features_{config.model}_{config.feature_dtype}{suffix}_flipped.npz",
+            flip=True)
+    fixations = T.FixationSet.from_dataset(dataset, features, flipped=flipped)
     rows = data_lib.rows_by_image(dataset)
     feature_seconds = time.time() - started
 

@@ -64,6 +64,9 @@ class TrainConfig:
         kernels; biases, sigma and the center-bias weight are not decayed.
       dropout: probability of zeroing each backbone feature in training (the rest scaled by
         ``1 / (1 - dropout)``); ``dropout_channels`` drops whole channels of an image instead.
+      flip: horizontal-flip augmentation: each training batch is mirrored with probability 1/2 (the
+        features of the mirrored images, which the training data must carry, and the fixations and
+        center bias mirrored).
     """
 
     model: str = "deepgaze1"
@@ -79,6 +82,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     dropout: float = 0.0
     dropout_channels: bool = False
+    flip: bool = False
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -146,6 +150,8 @@ class FixationSet:
       shapes: per image ``(H, W)``.
       xs, ys: per image fixation coordinates, pixels.
       max_fixations: padded length of the fixation arrays.
+      flipped: per image the features of the horizontally mirrored image (for ``TrainConfig.flip``),
+        or None.
     """
 
     features: list[np.ndarray]
@@ -153,11 +159,18 @@ class FixationSet:
     xs: list[np.ndarray]
     ys: list[np.ndarray]
     max_fixations: int
+    flipped: list[np.ndarray] | None = None
 
     def __post_init__(self):
         counts = {len(self.features), len(self.shapes), len(self.xs), len(self.ys)}
         if len(counts) != 1:
             raise ValueError(f"features, shapes, xs and ys differ in length: {sorted(counts)}")
+        if self.flipped is not None:
+            if len(self.flipped) != len(self.features):
+                raise ValueError(f"{len(self.flipped)} flipped features for {len(self.features)} images")
+            for i, (f, g) in enumerate(zip(self.features, self.flipped)):
+                if f.shape != g.shape:
+                    raise ValueError(f"image {i}: flipped features {g.shape} differ from features {f.shape}")
         for i, (x, y, (h, w)) in enumerate(zip(self.xs, self.ys, self.shapes)):
             if x.shape != y.shape:
                 raise ValueError(f"image {i}: xs {x.shape} and ys {y.shape} differ")
@@ -174,28 +187,33 @@ class FixationSet:
         return int(sum(len(x) for x in self.xs))
 
     @classmethod
-    def from_dataset(cls, dataset, features: Sequence[np.ndarray], max_fixations: int | None = None) -> FixationSet:
-        """From a :class:`deepgaze_jax.data.FixationDataset` and its cached features (same order);
-        each image's fixations in the order of the dataset's fixation table."""
+    def from_dataset(cls, dataset, features: Sequence[np.ndarray], max_fixations: int | None = None,
+                     flipped: Sequence[np.ndarray] | None = None) -> FixationSet:
+        """From a :class:`deepgaze_jax.data.FixationDataset` and its cached features (same order; those of
+        the mirrored images too, for flip augmentation); each image's fixations in the order of the
+        dataset's fixation table."""
         from deepgaze_jax.data import rows_by_image
 
         rows = rows_by_image(dataset)
         f = dataset.fixations
         longest = max(len(r) for r in rows)
         return cls(list(features), [tuple(int(v) for v in s) for s in dataset.sizes],
-                   [f.x[r] for r in rows], [f.y[r] for r in rows], max_fixations or longest)
+                   [f.x[r] for r in rows], [f.y[r] for r in rows], max_fixations or longest,
+                   None if flipped is None else list(flipped))
 
     def subset(self, indices: Sequence[int]) -> FixationSet:
-        pick = lambda items: [items[i] for i in indices]  # noqa: E731
-        return FixationSet(pick(self.features), pick(self.shapes), pick(self.xs), pick(self.ys), self.max_fixations)
+        pick = lambda items: None if items is None else [items[i] for i in indices]  # noqa: E731
+        return FixationSet(pick(self.features), pick(self.shapes), pick(self.xs), pick(self.ys), self.max_fixations,
+                           pick(self.flipped))
 
 
 def cache_features(model: model_lib.DeepGaze, backbone: dict, images: Sequence[np.ndarray],
-                   batch_size: int = 4, progress: bool = True) -> list[np.ndarray]:
+                   batch_size: int = 4, progress: bool = True, flip: bool = False) -> list[np.ndarray]:
     """Run the frozen backbone once per image -> per image ``(h, w, C)`` features (numpy, model dtype).
 
     ``images`` is any sequence of ``(H, W, 3)`` arrays (a lazy loader with ``__getitem__`` and
-    ``__len__`` works); images of the same size are batched.
+    ``__len__`` works); images of the same size are batched. ``flip``: the features of the
+    horizontally mirrored images.
     """
     groups: dict[tuple, list[int]] = {}
     for i in range(len(images)):
@@ -205,7 +223,8 @@ def cache_features(model: model_lib.DeepGaze, backbone: dict, images: Sequence[n
         for indices in groups.values():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
-                feats = np.asarray(model.features(backbone, np.stack([images[i] for i in chunk])))
+                stack = np.stack([images[i] for i in chunk])
+                feats = np.asarray(model.features(backbone, stack[:, :, ::-1] if flip else stack))
                 for i, f in zip(chunk, feats):
                     out[i] = f
                 bar.update(len(chunk))
@@ -221,15 +240,17 @@ class Batch:
     mask: np.ndarray  # (B, N) bool
     weight: np.ndarray  # (B,) 1 for real images, 0 for padding
     indices: np.ndarray  # (B,) image indices, -1 for padding
+    flipped: bool = False  # mirrored images: their features, fixations at (W - 1 - int(x), y)
 
 
 def batches(data: FixationSet, batch_size: int, seed: int | None, epoch: int = 0,
-            stream: int = 0) -> collections.abc.Sequence[Batch]:
+            stream: int = 0, flip: bool = False) -> collections.abc.Sequence[Batch]:
     """Batches grouped by image size (and feature shape), padded to ``batch_size`` with weight-0 images.
 
     With a ``seed`` the order is shuffled deterministically from ``(seed, epoch)`` (and ``stream``, when
     not 0: another sequence of orders); with ``None`` it is the sorted order. Every image appears
-    exactly once per epoch.
+    exactly once per epoch. ``flip`` (with a seed) mirrors each batch with probability 1/2, drawn
+    after the order (which is the same with and without it).
     """
     groups: dict[tuple, list[int]] = {}
     for i in range(len(data)):
@@ -243,14 +264,19 @@ def batches(data: FixationSet, batch_size: int, seed: int | None, epoch: int = 0
         chunks += [indices[s : s + batch_size] for s in range(0, len(indices), batch_size)]
     if rng is not None:
         chunks = [chunks[i] for i in rng.permutation(len(chunks))]
-    return _LazyBatches(data, chunks, batch_size)
+    flips = [False] * len(chunks)
+    if flip and rng is not None:
+        if data.flipped is None:
+            raise ValueError("flip augmentation needs the features of the mirrored images (FixationSet.flipped)")
+        flips = list(rng.random(len(chunks)) < 0.5)
+    return _LazyBatches(data, chunks, batch_size, flips)
 
 
 class _LazyBatches(collections.abc.Sequence):
     """The batches of an epoch, each stacked only when read (an epoch of VGG features is gigabytes)."""
 
-    def __init__(self, data: FixationSet, chunks: list[np.ndarray], batch_size: int):
-        self._data, self._chunks, self._batch_size = data, chunks, batch_size
+    def __init__(self, data: FixationSet, chunks: list[np.ndarray], batch_size: int, flips: list[bool]):
+        self._data, self._chunks, self._batch_size, self._flips = data, chunks, batch_size, flips
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -258,10 +284,10 @@ class _LazyBatches(collections.abc.Sequence):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        return _make_batch(self._data, self._chunks[index], self._batch_size)
+        return _make_batch(self._data, self._chunks[index], self._batch_size, self._flips[index])
 
 
-def _make_batch(data: FixationSet, chunk: np.ndarray, batch_size: int) -> Batch:
+def _make_batch(data: FixationSet, chunk: np.ndarray, batch_size: int, flipped: bool = False) -> Batch:
     n = data.max_fixations
     pad = batch_size - len(chunk)
     padded = np.concatenate([chunk, np.full(pad, chunk[0])])
@@ -271,14 +297,17 @@ def _make_batch(data: FixationSet, chunk: np.ndarray, batch_size: int) -> Batch:
     for row, i in enumerate(chunk):
         k = len(data.xs[i])
         xs[row, :k], ys[row, :k], mask[row, :k] = data.xs[i], data.ys[i], True
+    if flipped:  # pixel column j -> W - 1 - j (the model reads the pixel int(x))
+        xs = np.where(mask, data.shapes[chunk[0]][1] - 1 - np.floor(xs), 0).astype(np.float32)
     return Batch(
-        features=np.stack([data.features[i] for i in padded]),
+        features=np.stack([(data.flipped if flipped else data.features)[i] for i in padded]),
         shape=data.shapes[chunk[0]],
         xs=xs,
         ys=ys,
         mask=mask,
         weight=np.concatenate([np.ones(len(chunk), np.float32), np.zeros(pad, np.float32)]),
         indices=np.concatenate([chunk, np.full(pad, -1)]).astype(np.int64),
+        flipped=flipped,
     )
 
 
@@ -476,6 +505,8 @@ def fit(
         raise ValueError("the training split has no fixations")
     if len(val) == 0 or val.fixation_count == 0:
         raise ValueError("the validation split has no fixations")
+    if config.flip and train.flipped is None:
+        raise ValueError("config.flip needs the features of the mirrored training images (FixationSet.flipped)")
     model = config.build_model()
     expected = train.features[0].shape[-1]
     if expected != model.feature_channels:
@@ -535,8 +566,9 @@ def fit(
         epoch = meta["epoch"]
         restarts = meta.get("restarts", 0)
         losses, sizes = [], []
-        for batch in batches(train, global_batch, seed=config.seed, epoch=epoch, stream=restarts):
-            state, loss = trainer.train_step(state, *trainer.put_batch(batch, centerbias(batch.shape)))
+        for batch in batches(train, global_batch, seed=config.seed, epoch=epoch, stream=restarts, flip=config.flip):
+            cb = centerbias(batch.shape)
+            state, loss = trainer.train_step(state, *trainer.put_batch(batch, np.ascontiguousarray(cb[:, ::-1]) if batch.flipped else cb))
             losses.append(loss)
             sizes.append(batch.weight.sum())
         train_loss = float(np.dot(jax.device_get(losses), sizes) / np.sum(sizes))

@@ -44,7 +44,12 @@ def main() -> None:
     model = configs[0].build_model()
     features = crossval.cached_features(model, load_backbone(model.backbone), dataset,
                                         REPO / ".cache" / f"features_{configs[0].model}_{configs[0].feature_dtype}.npz")
-    fixations = T.FixationSet.from_dataset(dataset, features)
+    flipped = None
+    if any(c.flip for c in configs):
+        flipped = crossval.cached_features(
+            model, load_backbone(model.backbone), dataset,
+            REPO / ".cache" / f"features_{configs[0].model}_{configs[0].feature_dtype}_flipped.npz", flip=True)
+    fixations = T.FixationSet.from_dataset(dataset, features, flipped=flipped)
     split = data_lib.crossval_splits(len(dataset), args.fold)
     centerbias = crossval.centerbias_function(CenterBias.fit(dataset.subset(split["train"])))
     val = fixations.subset(split["val"])

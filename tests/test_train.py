@@ -319,6 +319,47 @@ def test_dropout_zeroes_features_in_train_steps_only(data, channels):
                                   plain.fixation_step(head, features, cb, xs, ys))
 
 
+def test_flip_augmentation_mirrors_features_fixations_and_center_bias_together(data):
+    """A mirrored batch has the loss of the plain one when the mirrored images' features are the mirror
+    of the features (as for a mirror-symmetric backbone) and the center bias is symmetric: fixations,
+    center bias and features are mirrored consistently. Half of the batches are mirrored, the order
+    is unchanged, and a config asking for flips without the mirrored features is refused."""
+    model, *_, fixations = data
+    rng = np.random.RandomState(1)
+    features = rng.randn(8, 10, 256).astype(np.float32)  # DeepGaze I's readout grid of a 64x80 image
+    base = rng.randn(16, 10)
+    cb = np.kron(np.concatenate([base, base[:, ::-1]], axis=1), np.ones((4, 4)))  # mirror-symmetric, 4x4 blocks
+    cb = (cb - np.logaddexp.reduce(cb.ravel())).astype(np.float32)
+    xs, ys = rng.uniform(0, 80, 16).astype(np.float32), rng.uniform(0, 64, 16).astype(np.float32)
+    one = T.FixationSet([features], [(64, 80)], [xs], [ys], 16, flipped=[features[:, ::-1].copy()])
+    head = model.init_head(jax.random.PRNGKey(0))
+    head["finalizer"]["sigma"] = jnp.asarray(1.5)  # a blur that reaches across cells
+    lls, flags = {}, []
+    for epoch in range(40):
+        batch = T.batches(one, 1, seed=0, epoch=epoch, flip=True)[0]
+        flags.append(batch.flipped)
+        batch_cb = cb[:, ::-1] if batch.flipped else cb
+        lls[batch.flipped] = np.asarray(T.per_image_log_likelihood(
+            model, head, jnp.asarray(batch.features), jnp.asarray(batch_cb), jnp.asarray(batch.xs),
+            jnp.asarray(batch.ys), jnp.asarray(batch.mask)))
+    assert 10 <= sum(flags) <= 30, sum(flags)
+    np.testing.assert_allclose(lls[True], lls[False], rtol=1e-5)
+    mirrored = T.batches(one, 1, seed=0, epoch=flags.index(True), flip=True)[0]
+    np.testing.assert_array_equal(mirrored.xs[0], 79 - np.floor(xs))
+    np.testing.assert_array_equal(mirrored.ys[0], ys)
+
+    both = dataclasses.replace(fixations, flipped=[f[:, ::-1] for f in fixations.features])
+    for epoch in range(3):
+        plain = T.batches(both, 2, seed=5, epoch=epoch)
+        assert [list(b.indices) for b in T.batches(both, 2, seed=5, epoch=epoch, flip=True)] == \
+            [list(b.indices) for b in plain]
+    with pytest.raises(ValueError, match="mirrored training images"):
+        T.fit(dataclasses.replace(CONFIG, flip=True), fixations, fixations, centerbias, progress=False)
+    with pytest.raises(ValueError, match="flipped features"):
+        T.FixationSet(fixations.features[:1], fixations.shapes[:1], fixations.xs[:1], fixations.ys[:1], 16,
+                      flipped=[fixations.features[0][..., :10]])
+
+
 def test_weight_decay_shrinks_only_the_readout_kernels():
     with pytest.raises(ValueError, match="weight_decay must be >= 0"):
         T.TrainConfig.from_dict({"weight_decay": -1.0})
