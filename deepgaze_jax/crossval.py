@@ -28,6 +28,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import logsumexp
 
 from deepgaze_jax import data as data_lib
 from deepgaze_jax import distributed
@@ -102,7 +103,8 @@ def summarise(model_bits, cb_bits, gold_bits) -> dict:
 def ensemble_bits(members: list[list[np.ndarray]]) -> list[np.ndarray]:
     """Per image, the log-likelihood (bits vs uniform) of each fixation under the mean density of the
     members, from each member's per-image ``(n_i,)`` bits."""
-    return [np.log2(np.mean(np.exp2(np.stack(per_image)), axis=0)) for per_image in zip(*members)]
+    k = math.log(len(members))
+    return [(logsumexp(np.stack(per_image) * LN2, axis=0) - k) / LN2 for per_image in zip(*members)]
 
 
 def results_name(model: str, seeds: int) -> str:
@@ -135,9 +137,9 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
     Checkpoints go to ``cache/runs/<model>/fold<k>`` (an interrupted run resumes; ``fold<k>_seed<s>``
     for the extra seeds), the backbone features to ``cache``. Returns the results (also written to
     ``results_dir`` as JSON and Markdown, named by :func:`results_name`); the fold models are written
-    as one predictor file to ``heads_path``. ``max_images`` keeps only the first images (a quick trial run). ``seeds`` > 1
-    trains every fold from that many seeds (``config.seed`` and the ones after it) and predicts its
-    test images with their ensemble (densities averaged).
+    as one predictor file to ``heads_path``. ``max_images`` keeps only the first images (a quick trial
+    run). ``seeds`` > 1 trains every fold from that many seeds (``config.seed`` and the ones after it)
+    and predicts its test images with their ensemble (densities averaged).
     """
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
