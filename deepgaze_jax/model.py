@@ -201,8 +201,10 @@ class DeepGaze:
         """
         _check_centerbias(images, centerbias)
         feats = self.features(backbone_params, images)
-        members = jax.vmap(self.head, in_axes=(0, None, None))(heads, feats, centerbias)
-        return mixture(members)
+        # Mixed on the saliency grid, then upsampled once: the nearest-neighbour upsampling is a gather,
+        # so it commutes with the mixture (each member's grid is already normalised for the image).
+        grids = jax.vmap(self._grid, in_axes=(0, None, None))(heads, feats, centerbias)
+        return upsample_to_image(mixture(grids), centerbias.shape[-2:])
 
 
 def mixture(log_densities: jax.Array) -> jax.Array:
