@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python experiments/bf16_accuracy.py [--images 50] [--models deepgaze1,deepgaze2_vgg16]
 
-For each shipped predictor (``deepgaze_jax.predict.load_predictor``: the trained 10-fold ensembles and
+For each shipped predictor (``deepgaze_jax.predict.load_predictor``: the trained fold ensembles and
 the MIT1003 center bias) it predicts the same MIT1003 images ("twosize": 1024x768 / 768x1024, as
 trained) twice, with the backbone in float32 and in bfloat16 (``DeepGaze.dtype``; the readout, blur,
 center bias and logsumexp stay float32), and scores both on the images' fixations (conventional filter:
@@ -12,7 +12,7 @@ a small CPU: DeepGaze II's VGG-16 takes seconds per image). Results:
 ``experiments/results/bf16_accuracy.{json,md}``.
 
 The ensembles were trained by cross-validation on MIT1003, so most of these images were training images
-of 9 of the 10 members: the absolute log-likelihoods are optimistic; their float32/bfloat16 difference,
+of 9 in 10 of the members: the absolute log-likelihoods are optimistic; their float32/bfloat16 difference,
 the quantity measured here, is not affected.
 """
 
@@ -112,7 +112,7 @@ def markdown(results: dict) -> str:
         "# bfloat16 backbone vs float32: log-likelihood on MIT1003",
         "",
         f"{results['date']}, {results['device']}, `{results['command']}`: {len(results['images'])} MIT1003 "
-        "images (twosize, evenly spaced over the dataset), the shipped predictors (10-fold ensembles, MIT1003 "
+        "images (twosize, evenly spaced over the dataset), the shipped predictors (fold ensembles, MIT1003 "
         "center bias); the backbone in bfloat16, the head in float32. Criterion: |difference| < "
         f"{results['threshold_bits']} bits/fixation.",
         "",
