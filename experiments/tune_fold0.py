@@ -8,7 +8,8 @@ all run on the training images of fold 0 of the 10-fold split (features from the
 ``experiments/crossval.py`` writes, computed if absent), without checkpoints, and print the per-epoch
 train and validation log-likelihoods (bits/fixation, per image). ``--seeds K`` trains each config from
 K seeds (the config's seed and the K-1 after it) and also prints the validation log-likelihood of their
-ensemble (densities averaged, as the shipped fold ensemble).
+ensemble (densities averaged, as the shipped fold ensemble). ``--extra-layers`` tries more backbone
+layers (layers of another resolution are resized to the readout grid, as the model does).
 """
 
 import argparse
@@ -35,7 +36,14 @@ def main() -> None:
     parser.add_argument("--data", type=pathlib.Path, default=REPO.parent / "shared" / "data" / "MIT1003")
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=1, help="train each config from this many seeds")
+    parser.add_argument("--extra-layers", help="backbone layers to read besides the model's, e.g. conv4_3,relu4_3 "
+                        "(a variant of --model, registered under a name of its own, features cached apart)")
     args = parser.parse_args()
+    if args.extra_layers:
+        base = T.MODELS[args.model]()
+        extra = tuple(args.extra_layers.split(","))
+        args.model = f"{args.model}_plus_{'_'.join(extra)}"
+        T.MODELS[args.model] = lambda: dataclasses.replace(base, layers=base.layers + extra)
     model_default = {} if args.model is None else {"model": args.model}
     configs = [T.TrainConfig.from_dict({**model_default, **json.loads(c)}) for c in args.configs]
     if len({c.model for c in configs}) != 1 or len({c.feature_dtype for c in configs}) != 1:
