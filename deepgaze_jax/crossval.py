@@ -26,7 +26,6 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy.special import logsumexp
 
@@ -41,6 +40,11 @@ LN2 = math.log(2.0)
 PAPER = {"deepgaze1": "56 % explained information gain (Kümmerer et al. 2015)",
          "deepgaze2_vgg16": "87 % explained information gain with VGG-19 and SALICON pre-training (Kümmerer et al. 2016)",
          "deepgaze2_vgg19": "87 % explained information gain with SALICON pre-training (Kümmerer et al. 2016)"}
+
+
+def features_path(cache: pathlib.Path, model: str, dtype: str, suffix: str = "", flip: bool = False) -> pathlib.Path:
+    """Where :func:`cached_features` keeps a model's features (``flip``: those of the mirrored images)."""
+    return cache / f"features_{model}_{dtype}{suffix}{'_flipped' if flip else ''}.npz"
 
 
 def cached_features(model, backbone, dataset, path: pathlib.Path, flip: bool = False) -> list[np.ndarray]:
@@ -153,9 +157,9 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
     backbone = load_backbone(model.backbone, backbone_path)
     with distributed.main_first("deepgaze_jax.crossval: features"):
         features = cached_features(model, backbone, dataset,
-                                   cache / f"features_{config.model}_{config.feature_dtype}{suffix}.npz")
+                                   features_path(cache, config.model, config.feature_dtype, suffix))
         flipped = None if not config.flip else cached_features(
-            model, backbone, dataset, cache / f"features_{config.model}_{config.feature_dtype}{suffix}_flipped.npz",
+            model, backbone, dataset, features_path(cache, config.model, config.feature_dtype, suffix, flip=True),
             flip=True)
     fixations = T.FixationSet.from_dataset(dataset, features, flipped=flipped)
     rows = data_lib.rows_by_image(dataset)
@@ -171,13 +175,14 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
         center_bias = center_biases[fold] = CenterBias.fit(dataset.subset(split["train"]))
         cb = centerbias_function(center_bias)
         fold_start = time.time()
+        train, val = fixations.subset(split["train"]), fixations.subset(split["val"])
+        split_ids = {k: [dataset.image_ids[i] for i in v] for k, v in split.items()}
         members = []
         for offset in range(seeds):
             seeded = dataclasses.replace(config, seed=config.seed + offset)
             name = f"fold{fold}" if offset == 0 else f"fold{fold}_seed{seeded.seed}"
-            members.append(T.fit(seeded, fixations.subset(split["train"]), fixations.subset(split["val"]), cb,
-                                 workdir=cache / "runs" / f"{config.model}{suffix}" / name,
-                                 split={k: [dataset.image_ids[i] for i in v] for k, v in split.items()}))
+            members.append(T.fit(seeded, train, val, cb, workdir=cache / "runs" / f"{config.model}{suffix}" / name,
+                                 split=split_ids))
         trainer = T.Trainer(model, T.make_optimizer(config, 1))
         test = fixations.subset(split["test"])
         bits = ensemble_bits([trainer.fixation_log_likelihoods(m.best_params, test, cb, config.batch_size)
@@ -193,11 +198,11 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
                  "sigma": float(m.best_params["finalizer"]["sigma"]),
                  "center_bias_weight": float(m.best_params["finalizer"]["center_bias_weight"]),
                  "history": m.history} for offset, m in enumerate(members)]
-        record = {"fold": fold, **summarise(fold_model, fold_cb, fold_gold), **runs[0],
+        first = {k: v for k, v in runs[0].items() if k != "seed"}  # the fields of single-seed runs
+        record = {"fold": fold, **summarise(fold_model, fold_cb, fold_gold), **first,
                   "seconds": time.time() - fold_start,
                   "center_bias_bandwidth": center_bias.bandwidth,
                   "center_bias_uniform_weight": center_bias.uniform_weight}
-        del record["seed"]
         if seeds > 1:
             record["members"] = runs
         records.append(record)
@@ -248,7 +253,6 @@ def test_metrics(model, heads: dict[int, list[dict]], center_biases: dict[int, C
     each image predicted by the model of the fold that tests it (the ensemble of the fold's heads,
     densities averaged, where it has several), the fold's center bias as baseline."""
     from deepgaze_jax.evaluation import evaluate
-    from deepgaze_jax.model import mixture
 
     fold_of = {}
     for fold in heads:
@@ -257,12 +261,12 @@ def test_metrics(model, heads: dict[int, list[dict]], center_biases: dict[int, C
     images = sorted(fold_of)
     cbs = {fold: centerbias_function(cb) for fold, cb in center_biases.items()}
     sizes = [tuple(int(v) for v in dataset.sizes[i]) for i in images]
+    stacked = {fold: jax.tree.map(lambda *leaves: np.stack(leaves), *members) for fold, members in heads.items()}
 
     def prediction(n):
         i = images[n]
         cb = cbs[fold_of[i]](sizes[n])
-        members = [model.head(h, features[i][None], cb[None])[0] for h in heads[fold_of[i]]]
-        return np.asarray(mixture(jnp.stack(members)))
+        return np.asarray(model.head_ensemble(stacked[fold_of[i]], features[i][None], cb[None])[0])
 
     f = dataset.fixations
     local = {i: n for n, i in enumerate(images)}

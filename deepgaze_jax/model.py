@@ -200,10 +200,15 @@ class DeepGaze:
         computed once. Shapes as :meth:`apply` (batched only).
         """
         _check_centerbias(images, centerbias)
-        feats = self.features(backbone_params, images)
+        return self.head_ensemble(heads, self.features(backbone_params, images), centerbias)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def head_ensemble(self, heads: Params, features: jax.Array, centerbias: jax.Array) -> jax.Array:
+        """:meth:`head` of ``K`` stacked heads (leading axis ``K`` on every leaf), averaged in probability
+        space: ``(B, h, w, C)`` features and ``(B, H, W)`` center bias -> ``(B, H, W)`` log density (nats)."""
         # Mixed on the saliency grid, then upsampled once: the nearest-neighbour upsampling is a gather,
         # so it commutes with the mixture (each member's grid is already normalised for the image).
-        grids = jax.vmap(self._grid, in_axes=(0, None, None))(heads, feats, centerbias)
+        grids = jax.vmap(self._grid, in_axes=(0, None, None))(heads, features, centerbias)
         return upsample_to_image(mixture(grids), centerbias.shape[-2:])
 
 

@@ -3,8 +3,8 @@
     python experiments/crossval_metrics.py --model deepgaze1 [--heads deepgaze_jax/assets/deepgaze1.safetensors]
 
 The predictor file holds the fold models in fold order (its ``folds`` metadata; ``seeds_per_fold``
-members each); each test image is predicted by the model (or seed ensemble) of its fold, with that fold's center bias (refitted on the fold's training
-images, as during training). Adds ``metrics`` to ``experiments/results/<model>_crossval.json`` and
+members each); each test image is predicted by the model (or seed ensemble) of its fold, with that
+fold's center bias (refitted on the fold's training images, as during training). Adds ``metrics`` to ``experiments/results/<model>_crossval.json`` and
 rewrites the ``.md``; writes ``<model>_crossval_metrics.json/.md`` with the per-image scores.
 """
 
@@ -38,7 +38,7 @@ def main() -> int:
     member = lambda k: jax.tree.map(lambda x: x[k], tree["heads"])  # noqa: E731
     heads = {fold: [member(n * seeds + s) for s in range(seeds)] for n, fold in enumerate(folds)}
     dataset = data_lib.load_mit1003(args.data, "twosize", data_dir=cache / "tfds")
-    features = crossval.cached_features(model, None, dataset, cache / f"features_{args.model}_{model.dtype}.npz")
+    features = crossval.cached_features(model, None, dataset, crossval.features_path(cache, args.model, model.dtype))
     center_biases = {fold: CenterBias.fit(dataset.subset(data_lib.crossval_splits(len(dataset), fold)["train"]))
                      for fold in folds}
     evaluation = crossval.test_metrics(model, heads, center_biases, dataset, features, None, args.model)

@@ -50,13 +50,13 @@ def main() -> None:
         raise SystemExit("all configs must share model and feature_dtype")
     dataset = data_lib.load_mit1003(args.data, "twosize", data_dir=REPO / ".cache" / "tfds")
     model = configs[0].build_model()
-    features = crossval.cached_features(model, load_backbone(model.backbone), dataset,
-                                        REPO / ".cache" / f"features_{configs[0].model}_{configs[0].feature_dtype}.npz")
+    backbone = load_backbone(model.backbone)
+    path = lambda flip: crossval.features_path(REPO / ".cache", model=configs[0].model,  # noqa: E731
+                                               dtype=configs[0].feature_dtype, flip=flip)
+    features = crossval.cached_features(model, backbone, dataset, path(False))
     flipped = None
     if any(c.flip for c in configs):
-        flipped = crossval.cached_features(
-            model, load_backbone(model.backbone), dataset,
-            REPO / ".cache" / f"features_{configs[0].model}_{configs[0].feature_dtype}_flipped.npz", flip=True)
+        flipped = crossval.cached_features(model, backbone, dataset, path(True), flip=True)
     fixations = T.FixationSet.from_dataset(dataset, features, flipped=flipped)
     split = data_lib.crossval_splits(len(dataset), args.fold)
     centerbias = crossval.centerbias_function(CenterBias.fit(dataset.subset(split["train"])))
