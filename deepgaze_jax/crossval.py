@@ -338,5 +338,7 @@ def markdown(results: dict) -> str:
             "| " + " | ".join(f"{m[k]:.4f}" for k in names) + " |",
             "",
         ]
+    if "run_note" in results:  # how the run went, added by hand to the JSON where it needs saying
+        lines += [results["run_note"], ""]
     return "\n".join(lines)
 
