@@ -39,7 +39,9 @@ from deepgaze_jax.pretrained import load_backbone
 LN2 = math.log(2.0)
 PAPER = {"deepgaze1": "56 % explained information gain (Kümmerer et al. 2015)",
          "deepgaze2_vgg16": "87 % explained information gain with VGG-19 and SALICON pre-training (Kümmerer et al. 2016)",
-         "deepgaze2_vgg19": "87 % explained information gain with SALICON pre-training (Kümmerer et al. 2016)"}
+         "deepgaze2_vgg19": "87 % explained information gain with SALICON pre-training (Kümmerer et al. 2016)",
+         "deepgaze2_vgg16_block4": "87 % explained information gain with VGG-19 (block 5 only) and SALICON "
+                                   "pre-training (Kümmerer et al. 2016)"}
 
 
 def features_path(cache: pathlib.Path, model: str, dtype: str, suffix: str = "", flip: bool = False) -> pathlib.Path:

@@ -241,11 +241,17 @@ DEEPGAZE2_LAYERS = {
 }
 
 
-def deepgaze2(backbone: str = "vgg19", dtype: str = "float32") -> DeepGaze:
+# Block 4's last convolution and its ReLU (48x64 maps for a 768x1024 image, resized to block 5's grid):
+# an addition of this project, not the paper's (see experiments/results/deepgaze2_vgg16_training_trials.md).
+BLOCK4_LAYERS = ("conv4_3", "relu4_3")
+
+
+def deepgaze2(backbone: str = "vgg19", dtype: str = "float32", extra_layers: tuple[str, ...] = ()) -> DeepGaze:
     """DeepGaze II: VGG ``conv5_1, relu5_1, relu5_2, conv5_3, relu5_4`` (2560 channels) -> 1x1 convs
     16-32-2-1 with ReLU between -> finalizer.
 
-    ``backbone="vgg16"`` uses ``relu5_3`` (the last ReLU of block 5) in place of ``relu5_4``. Pools use
+    ``backbone="vgg16"`` uses ``relu5_3`` (the last ReLU of block 5) in place of ``relu5_4``.
+    ``extra_layers`` are read after those (e.g. :data:`BLOCK4_LAYERS`; 512 more channels each). Pools use
     ``ceil_mode`` as the reference's VGG-19 wrapper; constants are the reference's DeepGaze II
     defaults (downsample 2, readout_factor 16, saliency_map_factor 2).
     """
@@ -253,7 +259,7 @@ def deepgaze2(backbone: str = "vgg19", dtype: str = "float32") -> DeepGaze:
         raise ValueError(f"DeepGaze II needs a VGG backbone, one of {sorted(DEEPGAZE2_LAYERS)}; got {backbone!r}")
     return DeepGaze(
         backbone=backbone,
-        layers=DEEPGAZE2_LAYERS[backbone],
+        layers=DEEPGAZE2_LAYERS[backbone] + tuple(extra_layers),
         readout_channels=(16, 32, 2, 1),
         readout_bias=True,
         downsample=2,

@@ -100,6 +100,19 @@ def save_predictor_heads(path: str | pathlib.Path, model: model_lib.DeepGaze, he
     save_params(path, tree, meta)
 
 
+def widen_heads(heads: dict, channels: int) -> dict:
+    """Heads (stacked ``(K, ...)`` or single) for a model reading more backbone layers after their own:
+    the first readout kernel ``(..., 1, 1, C, n)`` gets zero rows for channels ``C..channels-1``, so the
+    heads compute what they did on the first ``C`` channels of the wider features."""
+    kernel = np.asarray(heads["readout"]["conv0"]["kernel"])
+    if channels < kernel.shape[-2]:
+        raise ValueError(f"cannot widen heads of {kernel.shape[-2]} input channels to {channels}")
+    pad = [(0, 0)] * kernel.ndim
+    pad[-2] = (0, channels - kernel.shape[-2])
+    conv0 = {**heads["readout"]["conv0"], "kernel": np.pad(kernel, pad)}
+    return {**heads, "readout": {**heads["readout"], "conv0": conv0}}
+
+
 def load_predictor(name: str = "deepgaze1", path: str | pathlib.Path | None = None,
                    backbone_path: str | pathlib.Path | None = None) -> Predictor:
     """A trained predictor: the shipped ``name`` (``"deepgaze1"`` or ``"deepgaze2_vgg16"``) or the heads

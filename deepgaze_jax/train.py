@@ -41,6 +41,8 @@ MODELS: dict[str, Callable[[], model_lib.DeepGaze]] = {
     "deepgaze1": model_lib.deepgaze1,
     "deepgaze2_vgg16": lambda: model_lib.deepgaze2("vgg16"),
     "deepgaze2_vgg19": lambda: model_lib.deepgaze2("vgg19"),
+    # Block 5 and block 4's conv4_3 / relu4_3: 3584 channels (this project's variant, not the paper's).
+    "deepgaze2_vgg16_block4": lambda: model_lib.deepgaze2("vgg16", extra_layers=model_lib.BLOCK4_LAYERS),
 }
 
 
@@ -49,7 +51,8 @@ class TrainConfig:
     """Training hyper-parameters; saved as JSON beside every checkpoint.
 
     Attributes:
-      model: ``"deepgaze1"``, ``"deepgaze2_vgg16"`` or ``"deepgaze2_vgg19"``.
+      model: a key of :data:`MODELS`: ``"deepgaze1"``, ``"deepgaze2_vgg16"``, ``"deepgaze2_vgg19"`` or
+        ``"deepgaze2_vgg16_block4"`` (block 4's ``conv4_3, relu4_3`` read besides block 5).
       learning_rate: Adam's initial learning rate.
       schedule: ``"step"`` (multiply by ``decay_factor`` at each of ``decay_epochs``), ``"cosine"``
         (to 0 over ``max_epochs``) or ``"constant"``.

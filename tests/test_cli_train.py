@@ -99,3 +99,8 @@ def test_evaluate_on_a_users_csv_dataset(predictor_file, tmp_path, capsys, sim_m
     assert [(row["image"], row["n_fixations"]) for row in result["per_image"]] == [("a.png", 2), ("b.png", 2)]
     assert all(np.isfinite(v) for v in result["summary"].values())
     assert result["config"]["sim_map"] == {"blurred": "blurred density", "optimal": "SIM-optimal map"}[sim_map]
+
+
+def test_every_trainable_model_is_offered_and_has_a_paper_figure():
+    from deepgaze_jax import crossval, train
+    assert sorted(cli.TRAINABLE) == sorted(train.MODELS) == sorted(crossval.PAPER)

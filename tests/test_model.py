@@ -10,7 +10,7 @@ import torchvision
 from jax.test_util import check_grads
 
 from deepgaze_jax import backbones
-from deepgaze_jax.model import deepgaze1, deepgaze2, mixture, uniform_centerbias
+from deepgaze_jax.model import BLOCK4_LAYERS, deepgaze1, deepgaze2, mixture, uniform_centerbias
 from tests.torch_reference import deepgaze_forward
 from weights_convert import convert_deepgaze1, convert_torchvision
 
@@ -67,13 +67,16 @@ def test_deepgaze1_matches_reference_semantics(deepgaze1_state_dict, size):
     np.testing.assert_allclose(ours, expected, atol=2e-4, rtol=0)
 
 
-def test_deepgaze2_vgg16_matches_reference_semantics():
+@pytest.mark.parametrize("extra_layers", [(), BLOCK4_LAYERS], ids=["block5", "block5+block4"])
+def test_deepgaze2_vgg16_matches_reference_semantics(extra_layers):
+    """Block 4's maps (twice block 5's size) are resized to the readout grid, as the reference does."""
     torch.manual_seed(1)
     vgg = torchvision.models.vgg16(weights=None).eval()
     for layer in vgg.features:
         if isinstance(layer, torch.nn.MaxPool2d):
             layer.ceil_mode = True
-    model = deepgaze2("vgg16")
+    model = deepgaze2("vgg16", extra_layers=extra_layers)
+    assert model.layers[5:] == extra_layers
     head = model.init_head(jax.random.PRNGKey(3))
     params = {"backbone": convert_torchvision(vgg.state_dict(), "vgg16"), "head": head}
     readout = [

@@ -77,3 +77,27 @@ def test_shipped_deepgaze1_beats_its_center_bias_on_real_fixations(mit1003_dir):
         cb = np.asarray(p.centerbias(image.shape[:2]))[ys, xs]
         gain.append((ours - cb).mean() / math.log(2))
     assert np.mean(gain) > 0.2, gain
+
+
+def test_widened_heads_ignore_the_extra_layers_exactly():
+    """A block-5 DeepGaze II head widened to the block-4 variant predicts what it did (an ensemble of
+    both kinds of heads can then ship as one model); heads cannot be narrowed."""
+    from deepgaze_jax.model import BLOCK4_LAYERS, deepgaze2
+
+    narrow, wide = deepgaze2("vgg16"), deepgaze2("vgg16", extra_layers=BLOCK4_LAYERS)
+    heads = [narrow.init_head(jax.random.PRNGKey(k)) for k in range(2)]
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *heads)
+    widened = predict.widen_heads(stacked, wide.feature_channels)
+    assert widened["readout"]["conv0"]["kernel"].shape == (2, 1, 1, 3584, 16)
+    rng = np.random.default_rng(0)
+    features = rng.gamma(1.0, 1.0, (1, 6, 8, 3584)).astype(np.float32)  # block 5's 2560 channels first
+    centerbias = np.full((1, 96, 128), -math.log(96 * 128), np.float32)
+    np.testing.assert_array_equal(np.asarray(wide.head_ensemble(widened, features, centerbias)),
+                                  np.asarray(narrow.head_ensemble(stacked, features[..., :2560], centerbias)))
+    # ... and the extra channels are really read by a wide head (the comparison is not vacuous)
+    wide_head = wide.init_head(jax.random.PRNGKey(5))
+    changed = features.copy()
+    changed[..., 2560:] += 1
+    assert not np.allclose(wide.head(wide_head, features, centerbias), wide.head(wide_head, changed, centerbias))
+    with pytest.raises(ValueError, match="cannot widen heads of 3584 input channels to 2560"):
+        predict.widen_heads(widened, 2560)

@@ -1,0 +1,103 @@
+"""Cross-validated fold ensembles of several predictor files mixed into one.
+
+    PYTHONPATH=. python experiments/mixed_ensemble.py .cache/deepgaze2_vgg16_block4.safetensors \
+        deepgaze_jax/assets/deepgaze2_vgg16.safetensors --model deepgaze2_vgg16_block4 --name deepgaze2_vgg16_mixed [--out FILE]
+
+Each test image of MIT1003 is predicted by every member of its fold from all the files (densities
+averaged, every member weighted the same, fixed beforehand: no weight is fitted on test images), with
+the fold's center bias, as ``experiments/crossval_metrics.py`` does for one file. The files must hold
+the same folds (``crossval.run``'s predictor files). Models may differ in their backbone layers when the
+layers of one are a prefix of another's (DeepGaze II's block 5 and the ``deepgaze2_vgg16_block4``
+variant): the narrower heads then read the wider model's features with zero kernel rows for the extra
+channels, which changes nothing. Writes ``experiments/results/<name>_crossval_metrics.json/.md`` and a
+summary ``<name>_crossval.md``; ``--out`` writes the mixed predictor file.
+"""
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+
+import jax
+from deepgaze_jax import crossval
+from deepgaze_jax import data as data_lib
+from deepgaze_jax.baselines import CenterBias
+from deepgaze_jax.params_io import load_params
+from deepgaze_jax.predict import model_from_json, save_predictor_heads, widen_heads
+from deepgaze_jax.train import MODELS
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="+", type=pathlib.Path, help="predictor files of cross-validation runs")
+    parser.add_argument("--name", required=True, help="stem of the result files")
+    parser.add_argument("--model", required=True,
+                        help="the widest model's name (deepgaze_jax.train.MODELS), whose feature cache is read")
+    parser.add_argument("--out", type=pathlib.Path, help="write the mixed predictor file here")
+    parser.add_argument("--data", type=pathlib.Path, default=REPO.parent / "shared" / "data" / "MIT1003")
+    parser.add_argument("--gold-from", type=pathlib.Path,
+                        default=REPO / "experiments" / "results" / "deepgaze2_vgg16_crossval.json",
+                        help="a results file of the same data and folds: its gold standard's information "
+                             "gain over the cross-validated center bias divides the mixture's")
+    args = parser.parse_args()
+
+    loaded = [(path, *load_params(path)) for path in args.files]
+    models = [model_from_json(meta["model_config"]) for _, _, meta in loaded]
+    wide = max(models, key=lambda m: len(m.layers))
+    for (path, _, meta), model in zip(loaded, models):
+        if dataclasses.replace(model, layers=wide.layers) != wide or wide.layers[: len(model.layers)] != model.layers:
+            raise SystemExit(f"{path}: its model differs from {wide} other than by dropping trailing layers")
+        if meta["folds"] != loaded[0][2]["folds"]:
+            raise SystemExit(f"{path}: folds {meta['folds']}, but {loaded[0][0]} has {loaded[0][2]['folds']}")
+    if MODELS[args.model]().layers != wide.layers:
+        raise SystemExit(f"--model {args.model} does not read the layers {wide.layers}")
+    folds = [int(f) for f in loaded[0][2]["folds"].split(",")]
+    heads: dict[int, list[dict]] = {fold: [] for fold in folds}
+    for path, tree, meta in loaded:
+        stacked = widen_heads(tree["heads"], wide.feature_channels)
+        seeds = int(meta.get("seeds_per_fold", "1"))  # members are stored fold after fold
+        for n, fold in enumerate(folds):
+            heads[fold] += [jax.tree.map(lambda x: x[n * seeds + s], stacked) for s in range(seeds)]
+    per_fold = len(heads[folds[0]])
+    sources = ", ".join(f"{path.name}: {meta.get('seeds_per_fold', '1')}" for path, _, meta in loaded)
+
+    cache = REPO / ".cache"
+    dataset = data_lib.load_mit1003(args.data, "twosize", data_dir=cache / "tfds")
+    features = crossval.cached_features(wide, None, dataset, crossval.features_path(cache, args.model, wide.dtype))
+    center_biases = {fold: CenterBias.fit(dataset.subset(data_lib.crossval_splits(len(dataset), fold)["train"]))
+                     for fold in folds}
+    results_dir = REPO / "experiments" / "results"
+    evaluation = crossval.test_metrics(wide, heads, center_biases, dataset, features, None, args.name)
+    evaluation.write(results_dir, stem=f"{args.name}_crossval_metrics")
+    gold = json.loads(args.gold_from.read_text())["total"]["gold_standard_information_gain"]
+    m = evaluation.summary
+    command = "python experiments/mixed_ensemble.py " + " ".join(sys.argv[1:])
+    lines = [
+        f"# {args.name}: mixed fold ensembles, 10-fold cross-validation on MIT1003",
+        "",
+        f"Command: `{command}`  ",
+        f"Members per fold: {per_fold} ({sources}), "
+        "densities averaged with equal weights  ",
+        f"Gold standard IG over the cross-validated center bias: {gold:.4f} bits/fixation (from `{args.gold_from.name}`)",
+        "",
+        "| LL (bits/fix) | IG | explained IG | AUC | sAUC | NSS | CC | KLDiv | SIM |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {m['LL']:.3f} | {m['IG']:.3f} | **{100 * m['IG'] / gold:.1f} %** | {m['AUC']:.3f} | {m['sAUC']:.3f} | "
+        f"{m['NSS']:.3f} | {m['CC']:.3f} | {m['KLDiv']:.3f} | {m['SIM']:.3f} |",
+        "",
+    ]
+    (results_dir / f"{args.name}_crossval.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    if args.out is not None:
+        save_predictor_heads(args.out, wide, [h for fold in folds for h in heads[fold]], CenterBias.fit(dataset),
+                             {"trained_on": "MIT1003 twosize, cross-validation", "folds": ",".join(map(str, folds)),
+                              "seeds_per_fold": str(per_fold),
+                              "mixed_from": sources})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
