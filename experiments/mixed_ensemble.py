@@ -1,7 +1,8 @@
 """Cross-validated fold ensembles of several predictor files mixed into one.
 
     PYTHONPATH=. python experiments/mixed_ensemble.py .cache/deepgaze2_vgg16_block4.safetensors \
-        deepgaze_jax/assets/deepgaze2_vgg16.safetensors --model deepgaze2_vgg16_block4 --name deepgaze2_vgg16_mixed [--out FILE]
+        deepgaze_jax/assets/deepgaze2_vgg16.safetensors --model deepgaze2_vgg16_block4 \
+        --name deepgaze2_vgg16_mixed [--out FILE]
 
 Each test image of MIT1003 is predicted by every member of its fold from all the files (densities
 averaged, every member weighted the same, fixed beforehand: no weight is fitted on test images), with
@@ -20,6 +21,7 @@ import pathlib
 import sys
 
 import jax
+
 from deepgaze_jax import crossval
 from deepgaze_jax import data as data_lib
 from deepgaze_jax.baselines import CenterBias
