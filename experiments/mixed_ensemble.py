@@ -37,8 +37,11 @@ def main() -> int:
     parser.add_argument("files", nargs="+", type=pathlib.Path, help="predictor files of cross-validation runs")
     parser.add_argument("--name", required=True, help="stem of the result files")
     parser.add_argument("--model", required=True,
-                        help="the widest model's name (deepgaze_jax.train.MODELS), whose feature cache is read")
+                        help="the model (deepgaze_jax.train.MODELS) whose feature cache is read; every file's model must be "
+                             "it or it with trailing layers dropped")
     parser.add_argument("--out", type=pathlib.Path, help="write the mixed predictor file here")
+    parser.add_argument("--take", type=int, help="only the first TAKE seeds of each fold of each file (comparisons "
+                        "at equal ensemble size)")
     parser.add_argument("--data", type=pathlib.Path, default=REPO.parent / "shared" / "data" / "MIT1003")
     parser.add_argument("--gold-from", type=pathlib.Path,
                         default=REPO / "experiments" / "results" / "deepgaze2_vgg16_crossval.json",
@@ -48,23 +51,24 @@ def main() -> int:
 
     loaded = [(path, *load_params(path)) for path in args.files]
     models = [model_from_json(meta["model_config"]) for _, _, meta in loaded]
-    wide = max(models, key=lambda m: len(m.layers))
+    wide = dataclasses.replace(MODELS[args.model](), dtype=models[0].dtype)
     for (path, _, meta), model in zip(loaded, models):
-        if dataclasses.replace(model, layers=wide.layers) != wide or wide.layers[: len(model.layers)] != model.layers:
-            raise SystemExit(f"{path}: its model differs from {wide} other than by dropping trailing layers")
+        if (model.backbone != wide.backbone or wide.layers[: len(model.layers)] != model.layers
+                or dataclasses.replace(model, layers=wide.layers) != wide):
+            raise SystemExit(f"{path}: its model is not {args.model} ({wide}) with trailing layers dropped")
         if meta["folds"] != loaded[0][2]["folds"]:
             raise SystemExit(f"{path}: folds {meta['folds']}, but {loaded[0][0]} has {loaded[0][2]['folds']}")
-    if MODELS[args.model]().layers != wide.layers:
-        raise SystemExit(f"--model {args.model} does not read the layers {wide.layers}")
     folds = [int(f) for f in loaded[0][2]["folds"].split(",")]
     heads: dict[int, list[dict]] = {fold: [] for fold in folds}
     for path, tree, meta in loaded:
         stacked = widen_heads(tree["heads"], wide.feature_channels)
         seeds = int(meta.get("seeds_per_fold", "1"))  # members are stored fold after fold
+        if args.take is not None and not 1 <= args.take <= seeds:
+            raise SystemExit(f"{path}: --take {args.take}, but it has {seeds} seeds per fold")
         for n, fold in enumerate(folds):
-            heads[fold] += [jax.tree.map(lambda x: x[n * seeds + s], stacked) for s in range(seeds)]
+            heads[fold] += [jax.tree.map(lambda x: x[n * seeds + s], stacked) for s in range(args.take or seeds)]
     per_fold = len(heads[folds[0]])
-    sources = ", ".join(f"{path.name}: {meta.get('seeds_per_fold', '1')}" for path, _, meta in loaded)
+    sources = ", ".join(f"{path.name}: {args.take or meta.get('seeds_per_fold', '1')}" for path, _, meta in loaded)
 
     cache = REPO / ".cache"
     dataset = data_lib.load_mit1003(args.data, "twosize", data_dir=cache / "tfds")
