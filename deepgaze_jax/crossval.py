@@ -24,6 +24,7 @@ import os
 import pathlib
 import platform
 import time
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -247,6 +248,23 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
                              {"trained_on": "MIT1003 twosize, cross-validation",
                               "folds": ",".join(str(f) for f in folds), "seeds_per_fold": str(seeds)})
     return results
+
+
+def fold_heads(heads: dict, metadata: dict[str, str], take: int | None = None) -> dict[int, list[dict]]:
+    """The stacked ``heads`` of a predictor file that :func:`run` wrote, by fold: ``seeds_per_fold`` members
+    each, stored fold after fold in the order of ``metadata["folds"]`` (``take``: the first seeds only)."""
+    folds = [int(f) for f in metadata["folds"].split(",")]
+    seeds = int(metadata.get("seeds_per_fold", "1"))
+    if take is not None and not 1 <= take <= seeds:
+        raise ValueError(f"take {take} seeds per fold, but there are {seeds}")
+    member = lambda k: jax.tree.map(lambda x: x[k], heads)  # noqa: E731
+    return {fold: [member(n * seeds + s) for s in range(take or seeds)] for n, fold in enumerate(folds)}
+
+
+def fold_center_biases(dataset, folds: Sequence[int]) -> dict[int, CenterBias]:
+    """The center bias of each fold, fitted on its training images (as :func:`run` does)."""
+    return {fold: CenterBias.fit(dataset.subset(data_lib.crossval_splits(len(dataset), fold)["train"]))
+            for fold in folds}
 
 
 def test_metrics(model, heads: dict[int, list[dict]], center_biases: dict[int, CenterBias], dataset,

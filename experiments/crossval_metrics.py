@@ -13,11 +13,8 @@ import json
 import pathlib
 import sys
 
-import jax
-
 from deepgaze_jax import crossval
 from deepgaze_jax import data as data_lib
-from deepgaze_jax.baselines import CenterBias
 from deepgaze_jax.params_io import load_params
 from deepgaze_jax.predict import ASSETS, model_from_json
 
@@ -33,14 +30,11 @@ def main() -> int:
     cache, results_dir = REPO / ".cache", REPO / "experiments" / "results"
     tree, meta = load_params(args.heads or ASSETS / f"{args.model}.safetensors")
     model = model_from_json(meta["model_config"])
-    folds = [int(f) for f in meta["folds"].split(",")]
-    seeds = int(meta.get("seeds_per_fold", "1"))  # members are stored fold after fold
-    member = lambda k: jax.tree.map(lambda x: x[k], tree["heads"])  # noqa: E731
-    heads = {fold: [member(n * seeds + s) for s in range(seeds)] for n, fold in enumerate(folds)}
+    heads = crossval.fold_heads(tree["heads"], meta)
+    seeds = int(meta.get("seeds_per_fold", "1"))
     dataset = data_lib.load_mit1003(args.data, "twosize", data_dir=cache / "tfds")
     features = crossval.cached_features(model, None, dataset, crossval.features_path(cache, args.model, model.dtype))
-    center_biases = {fold: CenterBias.fit(dataset.subset(data_lib.crossval_splits(len(dataset), fold)["train"]))
-                     for fold in folds}
+    center_biases = crossval.fold_center_biases(dataset, list(heads))
     evaluation = crossval.test_metrics(model, heads, center_biases, dataset, features, None, args.model)
     name = crossval.results_name(args.model, seeds)
     evaluation.write(results_dir, stem=f"{name}_crossval_metrics")

@@ -20,8 +20,6 @@ import json
 import pathlib
 import sys
 
-import jax
-
 from deepgaze_jax import crossval
 from deepgaze_jax import data as data_lib
 from deepgaze_jax.baselines import CenterBias
@@ -61,20 +59,19 @@ def main() -> int:
     folds = [int(f) for f in loaded[0][2]["folds"].split(",")]
     heads: dict[int, list[dict]] = {fold: [] for fold in folds}
     for path, tree, meta in loaded:
-        stacked = widen_heads(tree["heads"], wide.feature_channels)
-        seeds = int(meta.get("seeds_per_fold", "1"))  # members are stored fold after fold
-        if args.take is not None and not 1 <= args.take <= seeds:
-            raise SystemExit(f"{path}: --take {args.take}, but it has {seeds} seeds per fold")
-        for n, fold in enumerate(folds):
-            heads[fold] += [jax.tree.map(lambda x: x[n * seeds + s], stacked) for s in range(args.take or seeds)]
+        try:
+            by_fold = crossval.fold_heads(widen_heads(tree["heads"], wide.feature_channels), meta, args.take)
+        except ValueError as e:
+            raise SystemExit(f"{path}: {e}") from None
+        for fold in folds:
+            heads[fold] += by_fold[fold]
     per_fold = len(heads[folds[0]])
     sources = ", ".join(f"{path.name}: {args.take or meta.get('seeds_per_fold', '1')}" for path, _, meta in loaded)
 
     cache = REPO / ".cache"
     dataset = data_lib.load_mit1003(args.data, "twosize", data_dir=cache / "tfds")
     features = crossval.cached_features(wide, None, dataset, crossval.features_path(cache, args.model, wide.dtype))
-    center_biases = {fold: CenterBias.fit(dataset.subset(data_lib.crossval_splits(len(dataset), fold)["train"]))
-                     for fold in folds}
+    center_biases = crossval.fold_center_biases(dataset, folds)
     results_dir = REPO / "experiments" / "results"
     evaluation = crossval.test_metrics(wide, heads, center_biases, dataset, features, None, args.name)
     evaluation.write(results_dir, stem=f"{args.name}_crossval_metrics")

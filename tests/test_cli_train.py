@@ -104,3 +104,14 @@ def test_evaluate_on_a_users_csv_dataset(predictor_file, tmp_path, capsys, sim_m
 def test_every_trainable_model_is_offered_and_has_a_paper_figure():
     from deepgaze_jax import crossval, train
     assert sorted(cli.TRAINABLE) == sorted(train.MODELS) == sorted(crossval.PAPER)
+
+
+def test_fold_heads_reads_members_fold_after_fold():
+    from deepgaze_jax import crossval
+    stacked = {"readout": {"conv0": {"kernel": np.arange(4.0)}}}
+    index = lambda by_fold: {f: [float(h["readout"]["conv0"]["kernel"]) for h in hs] for f, hs in by_fold.items()}  # noqa: E731
+    meta = {"folds": "3,5", "seeds_per_fold": "2"}
+    assert index(crossval.fold_heads(stacked, meta)) == {3: [0.0, 1.0], 5: [2.0, 3.0]}
+    assert index(crossval.fold_heads(stacked, meta, take=1)) == {3: [0.0], 5: [2.0]}
+    with pytest.raises(ValueError, match="take 3 seeds per fold, but there are 2"):
+        crossval.fold_heads(stacked, meta, take=3)
