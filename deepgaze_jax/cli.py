@@ -1,4 +1,4 @@
-"""The ``deepgaze`` command: ``predict``, ``evaluate``, ``convert``, ``serve``, ``train``.
+"""The ``deepgaze`` command: ``predict``, ``evaluate``, ``convert``, ``serve``, ``train``, ``baselines``.
 
 Exit status: 0 success, 1 a runtime failure (an unreadable image, a missing weights file; with several
 images the others are still processed), 2 a usage error (argparse). Expected errors are one line on
@@ -48,13 +48,18 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "instead of the shipped one")
     p.add_argument("--backbone", type=pathlib.Path, default=None,
                    help="backbone weights (.safetensors or torchvision .pth) instead of the bundled ones")
+    p.add_argument("--centerbias", default=None, metavar="mit1003|osie|uniform|FILE",
+                   help="the prior over image positions: a shipped one (mit1003, osie), uniform, a center-bias "
+                        "file from `deepgaze baselines` (.safetensors) or a log density (.npy, any size, "
+                        "stretched to the image); default: the one stored with the heads (MIT1003's for the "
+                        "shipped predictors)")
 
 
 def _load_predictor(args: argparse.Namespace):
     from deepgaze_jax.predict import load_predictor
 
     try:
-        return load_predictor(args.model, args.heads, args.backbone)
+        return load_predictor(args.model, args.heads, args.backbone, args.centerbias)
     except FileNotFoundError as e:
         if args.heads is None:
             raise FileNotFoundError(f"{e}; pass a predictor file with --heads PATH") from None
@@ -272,7 +277,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _add_train(sub) -> None:
     p = sub.add_parser(
-        "train", help="train the readout on MIT1003 with cross-validation",
+        "train", help="train the readout on MIT1003 (or any dataset, with more data) with cross-validation",
         description="Train DeepGaze readouts by maximum likelihood on MIT1003 (twosize), one model per "
                     "cross-validation fold (fold k tests, k-1 validates), evaluate each on its test images, "
                     "and write the fold models as one predictor file (an ensemble) for `deepgaze predict "
@@ -283,7 +288,17 @@ def _add_train(sub) -> None:
     p.add_argument("--config", type=pathlib.Path, help="TrainConfig as JSON (see deepgaze_jax.train.TrainConfig)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value (JSON value), e.g. --set learning_rate=0.002; repeatable")
-    p.add_argument("--data", type=pathlib.Path, required=True, help="the MIT1003 folder (STIMULI/, SCANPATHS/)")
+    p.add_argument("--data", type=pathlib.Path, required=True,
+                   help="the dataset whose folds are trained and tested: the MIT1003 folder (STIMULI/, "
+                        "SCANPATHS/; images resized to 1024x768 / 768x1024) or a folder with STIMULI/ and "
+                        "fixations.csv (images at their own sizes)")
+    p.add_argument("--extra-data", type=pathlib.Path, action="append", default=[], metavar="FOLDER",
+                   help="another dataset (same forms as --data) whose every image is a training image, with "
+                        "its own center bias; repeatable. Its images are never tested on")
+    p.add_argument("--recipe", choices=("joint", "pretrain"), default="joint",
+                   help="with --extra-data: train each fold on its training images and the extra data together "
+                        "(joint, default; the config's weighting and source_weights weigh them), or pre-train "
+                        "one readout on the extra data and continue from it on each fold (pretrain)")
     p.add_argument("--folds", default="0-9", help="folds to train: 0-9 (default), 3, or 0,4,7")
     p.add_argument("--backbone", type=pathlib.Path, default=None,
                    help="backbone weights (.safetensors or torchvision .pth); needed for vgg19")
@@ -354,15 +369,16 @@ def _train(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         error(e)
         return 1
-    if not (args.data / "STIMULI").is_dir() and not (args.data / "MIT1003" / "STIMULI").is_dir():
-        error(f"{args.data}: no STIMULI/ folder (expected the MIT1003 folder)")
-        return 1
+    for folder in [args.data, *args.extra_data]:
+        if not (folder / "STIMULI").is_dir() and not (folder / "MIT1003" / "STIMULI").is_dir():
+            error(f"{folder}: no STIMULI/ folder (expected the MIT1003 folder or a CSV dataset)")
+            return 1
     out = args.out or pathlib.Path(f"{config.model}.safetensors")
     command = "deepgaze " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepgaze") else ""
     try:
         results = crossval.run(config, args.data, folds, args.cache, args.results, out, args.backbone, command,
-                               args.max_images, args.seeds)
-    except (OSError, ValueError) as e:
+                               args.max_images, args.seeds, args.extra_data, args.recipe)
+    except (OSError, ValueError, FloatingPointError) as e:
         error(e)
         return 1
     from deepgaze_jax import distributed
@@ -446,9 +462,70 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- baselines -------------------------------------------------------------------------------------
+
+
+def _add_baselines(sub) -> None:
+    p = sub.add_parser(
+        "baselines", help="fit a center bias to your own fixations (for --centerbias)",
+        description="Fit the center bias (a kernel density of the fixations in image-normalised coordinates, "
+                    "mixed with uniform; bandwidth and weight by leave-one-image-out likelihood) to a fixation "
+                    "dataset and write it as a file that `--centerbias FILE` reads. Prints its "
+                    "leave-one-image-out log-likelihood.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--mit1003", type=pathlib.Path, help="a FixaTons folder (STIMULI/, SCANPATHS/)")
+    source.add_argument("--csv", type=pathlib.Path,
+                        help="a fixation CSV (image,subject,x,y,t; 0-based pixels), with --stimuli")
+    p.add_argument("--stimuli", type=pathlib.Path, help="the folder of the images the CSV names")
+    p.add_argument("--one-based", action="store_true", help="the CSV's coordinates are 1-based (MATLAB)")
+    p.add_argument("--out", type=pathlib.Path, required=True, help="the center-bias file to write (.safetensors)")
+    p.add_argument("--cache", type=pathlib.Path, default=pathlib.Path(".cache"), help="tfds data folder")
+    p.set_defaults(func=_baselines)
+
+
+def _baselines(args: argparse.Namespace) -> int:
+    from deepgaze_jax import centerbias
+    from deepgaze_jax import data as data_lib
+    from deepgaze_jax.baselines import CenterBias
+
+    if args.out.suffix != ".safetensors":
+        error(f"--out {args.out}: a center-bias file ends in .safetensors")
+        return 2
+    if args.out.is_dir():
+        error(f"--out {args.out}: is a folder; name the file to write")
+        return 2
+    try:
+        if args.mit1003 is not None:
+            dataset = data_lib.load_mit1003(args.mit1003, "twosize", data_dir=args.cache / "tfds")  # as training
+            source = str(args.mit1003)
+        else:
+            if args.stimuli is None:
+                error("--csv needs --stimuli, the folder of the images it names")
+                return 2
+            raw = data_lib.read_fixation_csv(args.stimuli, args.csv, one_based=args.one_based)
+            dataset = data_lib.from_raw(raw)
+            source = str(args.csv)
+        if len(dataset.fixations) == 0:
+            raise ValueError(f"{source}: no fixations left after filtering ({dataset.filter_report})")
+        fitted = CenterBias.fit(dataset)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        centerbias.save(args.out, fitted, {"fitted_on": source, "images": str(len(dataset)),
+                                           "fixations": str(len(dataset.fixations))})
+    except (OSError, ValueError) as e:
+        error(e)
+        return 1
+    print(f"center bias of {len(dataset)} images, {len(dataset.fixations)} fixations"
+          + (f" ({dataset.filter_report})" if dataset.filter_report else "")
+          + f": bandwidth {fitted.bandwidth:.4f} of the image size, uniform weight {fitted.uniform_weight:.3g}, "
+          f"leave-one-image-out log-likelihood {fitted.train_log_likelihood:.4f} bits/fixation over uniform")
+    print(f"wrote {args.out}; use it with --centerbias {args.out}")
+    return 0
+
+
 # --- main ------------------------------------------------------------------------------------------
 
-COMMANDS: tuple[Callable, ...] = (_add_predict, _add_evaluate, _add_convert, _add_serve, _add_train)
+COMMANDS: tuple[Callable, ...] = (_add_predict, _add_evaluate, _add_convert, _add_serve, _add_train, _add_baselines)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ import os
 import pathlib
 import platform
 import time
+import zlib
 from collections.abc import Sequence
 
 import jax
@@ -31,7 +32,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from deepgaze_jax import data as data_lib
-from deepgaze_jax import distributed
+from deepgaze_jax import distributed, feature_cache
 from deepgaze_jax import train as T
 from deepgaze_jax.baselines import CenterBias, GoldStandard
 from deepgaze_jax.predict import save_predictor_heads
@@ -45,27 +46,49 @@ PAPER = {"deepgaze1": "56 % explained information gain (Kümmerer et al. 2015)",
                                    "pre-training (Kümmerer et al. 2016)"}
 
 
-def features_path(cache: pathlib.Path, model: str, dtype: str, suffix: str = "", flip: bool = False) -> pathlib.Path:
-    """Where :func:`cached_features` keeps a model's features (``flip``: those of the mirrored images)."""
-    return cache / f"features_{model}_{dtype}{suffix}{'_flipped' if flip else ''}.npz"
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A fixation dataset on disk: a FixaTons folder (``STIMULI/`` and ``SCANPATHS/``, read as MIT1003
+    in the papers' ``twosize`` config) or a folder with ``STIMULI/`` and ``fixations.csv`` (any dataset,
+    at its images' own sizes; :func:`deepgaze_jax.data.load_fixation_csv`).
 
+    Attributes:
+      path: the folder.
+      name: short name for file names and results (default: the folder's name, lower case).
+    """
 
-def cached_features(model, backbone, dataset, path: pathlib.Path, flip: bool = False) -> list[np.ndarray]:
-    """Backbone features of every image (``flip``: of the mirrored images), computed once and kept as an
-    ``.npz`` (no pickle)."""
-    if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            if int(z["count"]) == len(dataset):
-                return [z[f"f{i}"] for i in range(len(dataset))]
-    start = time.time()
-    features = T.cache_features(model, backbone, dataset.images, batch_size=4, progress=distributed.is_main(),
-                                flip=flip)
-    _print(f"features of {len(dataset)} images in {time.time() - start:.0f} s")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{jax.process_index()}.npz")
-    np.savez(tmp, count=len(dataset), **{f"f{i}": f for i, f in enumerate(features)})
-    os.replace(tmp, path)
-    return features
+    path: pathlib.Path
+    name: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", pathlib.Path(self.path))
+        if not self.name:
+            object.__setattr__(self, "name", "".join(c if c.isalnum() else "_" for c in self.path.name.lower()))
+
+    @property
+    def fixatons(self) -> bool:
+        return (self.path / "SCANPATHS").is_dir() or (self.path / "MIT1003" / "SCANPATHS").is_dir()
+
+    def load(self, cache: pathlib.Path):
+        """The dataset (tfds build cached in ``cache/tfds``), conventional filter applied."""
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"dataset folder not found: {self.path}")
+        if self.fixatons:
+            return data_lib.load_mit1003(self.path, "twosize", data_dir=cache / "tfds")
+        if not (self.path / "fixations.csv").is_file():
+            raise FileNotFoundError(f"{self.path}: neither a FixaTons folder (SCANPATHS/) nor a CSV dataset "
+                                    "(fixations.csv and STIMULI/)")
+        return data_lib.load_fixation_csv(self.path, self.name, data_dir=cache / "tfds")
+
+    @property
+    def cache_name(self) -> str:
+        """The dataset's name in the feature cache (with its configuration)."""
+        return f"{self.name}_twosize" if self.fixatons else self.name
+
+    def describe(self, dataset) -> str:
+        size = "twosize (1024x768 / 768x1024)" if self.fixatons else "images at their own sizes"
+        return (f"{self.name} {size}, conventional filtering, {len(dataset)} images, "
+                f"{len(dataset.fixations)} fixations")
 
 
 def _print(message: str) -> None:
@@ -114,9 +137,14 @@ def ensemble_bits(members: list[list[np.ndarray]]) -> list[np.ndarray]:
     return [(logsumexp(np.stack(per_image) * LN2, axis=0) - k) / LN2 for per_image in zip(*members)]
 
 
-def results_name(model: str, seeds: int) -> str:
-    """The stem of a run's result files: the model, and ``_<K>seeds`` for seed ensembles."""
-    return model if seeds == 1 else f"{model}_{seeds}seeds"
+def results_name(model: str, seeds: int, target: str = "mit1003", extras: Sequence[str] = (),
+                 recipe: str = "joint") -> str:
+    """The stem of a run's result files: the model, ``_<K>seeds`` for seed ensembles, ``_<recipe>_<extra
+    datasets>`` where more data was used, ``_on_<dataset>`` where the folds are not MIT1003's."""
+    name = model if seeds == 1 else f"{model}_{seeds}seeds"
+    if extras:
+        name += f"_{recipe}_{'_'.join(extras)}"
+    return name if target == "mit1003" else f"{name}_on_{target}"
 
 
 def parse_folds(text: str, n_folds: int = 10) -> list[int]:
@@ -135,42 +163,88 @@ def parse_folds(text: str, n_folds: int = 10) -> list[int]:
     return folds
 
 
+RECIPES = ("joint", "pretrain")
+
+
+def load_with_features(model, backbone: dict, data_dir: pathlib.Path, cache: pathlib.Path, flip: bool = False):
+    """The dataset of ``data_dir`` (:class:`Source`) and its backbone features (``flip``: of the mirrored
+    images), from the feature cache in ``cache`` where computed before."""
+    source = Source(data_dir)
+    dataset = source.load(cache)
+    return dataset, feature_cache.cached_features(model, backbone, dataset, cache, source.cache_name, flip=flip)
+
+
+def _fixation_set(config: T.TrainConfig, model, backbone, source: Source, dataset, cache: pathlib.Path,
+                  suffix: str = "") -> T.FixationSet:
+    features = feature_cache.cached_features(model, backbone, dataset, cache, source.cache_name + suffix)
+    flipped = None if not config.flip else feature_cache.cached_features(
+        model, backbone, dataset, cache, source.cache_name + suffix, flip=True)
+    return T.FixationSet.from_dataset(dataset, features, flipped=flipped)
+
+
 def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: pathlib.Path,
         results_dir: pathlib.Path | None = None, heads_path: pathlib.Path | None = None,
         backbone_path: pathlib.Path | None = None, command: str = "", max_images: int | None = None,
-        seeds: int = 1) -> dict:
-    """Train ``config`` on the given folds of MIT1003 (twosize) and evaluate each on its test images.
+        seeds: int = 1, extra_data: Sequence[pathlib.Path] = (), recipe: str = "joint") -> dict:
+    """Train ``config`` on the given folds of a dataset (MIT1003 twosize, or a CSV dataset; see
+    :class:`Source`) and evaluate each on its test images.
 
-    Checkpoints go to ``cache/runs/<model>/fold<k>`` (an interrupted run resumes; ``fold<k>_seed<s>``
-    for the extra seeds), the backbone features to ``cache``. Returns the results (also written to
+    Checkpoints go to ``cache/runs/<name>_<digest of config and datasets>/fold<k>`` (an interrupted run
+    resumes; ``fold<k>_seed<s>`` for the extra seeds), the backbone features to ``cache``. Returns the results (also written to
     ``results_dir`` as JSON and Markdown, named by :func:`results_name`); the fold models are written
     as one predictor file to ``heads_path``. ``max_images`` keeps only the first images (a quick trial
     run). ``seeds`` > 1 trains every fold from that many seeds (``config.seed`` and the ones after it)
     and predicts its test images with their ensemble (densities averaged).
+
+    ``extra_data``: more datasets whose images are all training images (never tested here), each with
+    its own center bias fitted on all of it. ``recipe="joint"``: each fold's readout is fitted on the
+    fold's training images and every extra image together (``config.weighting`` weighs the datasets);
+    ``"pretrain"``: one readout is first fitted on the extra datasets alone (early stopping on the
+    first extra dataset's fold-0 validation images, which it then does not train on), and each fold
+    continues from it on its own training images. Early stopping is always on the fold's validation
+    images, and no test image of a fold reaches the models that are scored on it.
     """
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
     started = time.time()
+    target = Source(data_dir)
+    extras = [Source(p) for p in extra_data]
+    names = [target.name] + [e.name for e in extras]
+    if len(set(names)) != len(names) or len({e.path.resolve() for e in [target, *extras]}) != len(names):
+        raise ValueError(f"the datasets must differ (in folder and name), got {names}")
     with distributed.main_first("deepgaze_jax.crossval: tfds"):
-        dataset = data_lib.load_mit1003(data_dir, "twosize", data_dir=cache / "tfds")
+        dataset = target.load(cache)
+        extra_sets = [e.load(cache) for e in extras]
+    for source, ds in zip([target, *extras], [dataset, *extra_sets]):
+        if len(ds.subjects) < 2:
+            raise ValueError(f"{source.path}: {len(ds.subjects)} observer; the gold standard (leave one observer "
+                             "out) needs at least 2")
     suffix = ""
     if max_images is not None and max_images < len(dataset):
         dataset, suffix = dataset.subset(range(max_images)), f"_first{max_images}"
     model = config.build_model()
     backbone = load_backbone(model.backbone, backbone_path)
     with distributed.main_first("deepgaze_jax.crossval: features"):
-        features = cached_features(model, backbone, dataset,
-                                   features_path(cache, config.model, config.feature_dtype, suffix))
-        flipped = None if not config.flip else cached_features(
-            model, backbone, dataset, features_path(cache, config.model, config.feature_dtype, suffix, flip=True),
-            flip=True)
-    fixations = T.FixationSet.from_dataset(dataset, features, flipped=flipped)
+        fixations = _fixation_set(config, model, backbone, target, dataset, cache, suffix)
+        extra_fixations = [_fixation_set(config, model, backbone, e, ds, cache) for e, ds in zip(extras, extra_sets)]
+    features = fixations.features
     rows = data_lib.rows_by_image(dataset)
+    extra_cbs = [centerbias_function(CenterBias.fit(ds)) for ds in extra_sets]
     feature_seconds = time.time() - started
 
     gold = GoldStandard.fit(dataset)
     gold_nats = gold.log_likelihoods(dataset)
     _print(f"gold standard: bandwidth {gold.bandwidth:.4f}, weights {gold.weights}")
+
+    name = results_name(config.model, seeds, target.name, [e.name for e in extras], recipe)
+    # Checkpoints of another config (or other datasets) live apart: a run resumes only its own.
+    run_key = zlib.crc32(json.dumps([json.loads(config.to_json()), names, recipe]).encode())
+    runs_dir = cache / "runs" / f"{name}{suffix}_{run_key:08x}"
+    pretrained = None
+    if extras and recipe == "pretrain":
+        pretrained = _pretrain(config, extra_fixations, extra_cbs, runs_dir, seeds)
 
     model_bits, cb_bits, gold_bits, records, heads, center_biases = {}, {}, {}, [], [], {}
     for fold in folds:
@@ -179,16 +253,21 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
         cb = centerbias_function(center_bias)
         fold_start = time.time()
         train, val = fixations.subset(split["train"]), fixations.subset(split["val"])
+        if extras and recipe == "joint":
+            train = T.FixationSet.join([train, *extra_fixations])
         split_ids = {k: [dataset.image_ids[i] for i in v] for k, v in split.items()}
+        if extras:
+            split_ids["extra_datasets"] = [str(e.path) for e in extras]
         members = []
         for offset in range(seeds):
             seeded = dataclasses.replace(config, seed=config.seed + offset)
-            name = f"fold{fold}" if offset == 0 else f"fold{fold}_seed{seeded.seed}"
-            members.append(T.fit(seeded, train, val, cb, workdir=cache / "runs" / f"{config.model}{suffix}" / name,
-                                 split=split_ids))
-        trainer = T.Trainer(model, T.make_optimizer(config, 1))
+            run_name = f"fold{fold}" if offset == 0 else f"fold{fold}_seed{seeded.seed}"
+            members.append(T.fit(seeded, train, val, [cb, *extra_cbs] if recipe == "joint" else cb,
+                                 workdir=runs_dir / run_name, split=split_ids,
+                                 init_head=None if pretrained is None else pretrained[offset]))
+        evaluator = T.Evaluator(model)
         test = fixations.subset(split["test"])
-        bits = ensemble_bits([trainer.fixation_log_likelihoods(m.best_params, test, cb, config.batch_size)
+        bits = ensemble_bits([evaluator.fixation_log_likelihoods(m.best_params, test, cb, config.batch_size)
                               for m in members])
         fold_model, fold_cb, fold_gold = [], [], []
         for j, i in enumerate(split["test"]):
@@ -219,35 +298,75 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
     total = summarise([model_bits[i] for i in done], [cb_bits[i] for i in done], [gold_bits[i] for i in done])
     results = {
         "model": config.model,
+        "name": name,
         "config": json.loads(config.to_json()),
         "seeds_per_fold": seeds,
-        "dataset": f"MIT1003 twosize (1024x768 / 768x1024), conventional filtering, {len(dataset)} images",
+        "target": target.name,
+        "dataset": target.describe(dataset),
         "folds": records,
         "total": total,
         "metrics": evaluation.summary,
         "gold_standard": {"bandwidth": gold.bandwidth, "weights": list(gold.weights)},
-        "paper": PAPER[config.model],
+        "paper": PAPER[config.model] if target.fixatons else "none on this dataset",
         "seconds": {"features": feature_seconds, "total": time.time() - started},
         "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, jax {jax.__version__} on "
                    f"{jax.devices()[0].device_kind}"
                    + (f", {jax.process_count()} processes of this kind, {jax.device_count()} devices in all"
                       if jax.process_count() > 1 else ""),
         "command": command,
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+    if extras:
+        results["extra_data"] = [{"name": e.name, "dataset": e.describe(ds)} for e, ds in zip(extras, extra_sets)]
+        results["recipe"] = recipe
     if results_dir is not None and distributed.is_main():
         results_dir.mkdir(parents=True, exist_ok=True)
-        name = results_name(config.model, seeds)
         stem = results_dir / f"{name}_crossval"
         stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
         stem.with_suffix(".md").write_text(markdown(results))
         evaluation.write(results_dir, stem=f"{name}_crossval_metrics")
         plot_training_curves(results_dir / f"{name}_training_curves.png", results)
     if heads_path is not None and distributed.is_main():
+        trained_on = f"{target.name} twosize, cross-validation" if target.fixatons else f"{target.name}, cross-validation"
+        if extras:
+            trained_on += f", with {' + '.join(e.name for e in extras)} ({recipe})"
         save_predictor_heads(heads_path, model, [h for fold_heads in heads for h in fold_heads],
                              CenterBias.fit(dataset),
-                             {"trained_on": "MIT1003 twosize, cross-validation",
-                              "folds": ",".join(str(f) for f in folds), "seeds_per_fold": str(seeds)})
+                             {"trained_on": trained_on, "folds": ",".join(str(f) for f in folds),
+                              "seeds_per_fold": str(seeds), "command": command, "commit": results["commit"]})
     return results
+
+
+def _pretrain(config: T.TrainConfig, parts: list[T.FixationSet], centerbiases: list, runs_dir: pathlib.Path,
+              seeds: int) -> list[dict]:
+    """One readout per seed fitted on the extra datasets alone; the first one's fold-0 validation images
+    stop it early (and are not trained on)."""
+    split = data_lib.crossval_splits(len(parts[0]), 0)
+    train = T.FixationSet.join([parts[0].subset(np.concatenate([split["train"], split["test"]])), *parts[1:]])
+    val = parts[0].subset(split["val"])
+    out = []
+    for offset in range(seeds):
+        seeded = dataclasses.replace(config, seed=config.seed + offset)
+        result = T.fit(seeded, train, val, centerbiases, workdir=runs_dir / f"pretrain_seed{seeded.seed}")
+        _print(f"pretrained (seed {seeded.seed}): validation LL {result.best_val:.3f} after {result.epochs} epochs")
+        out.append(result.best_params)
+    return out
+
+
+def git_commit() -> str:
+    """The checked-out commit of this package's repository (``+dirty`` with uncommitted changes), or ""."""
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return commit + ("+dirty" if dirty else "")
 
 
 def fold_heads(heads: dict, metadata: dict[str, str], take: int | None = None) -> dict[int, list[dict]]:
@@ -322,13 +441,20 @@ def markdown(results: dict) -> str:
     t = results["total"]
     seeds = results.get("seeds_per_fold", 1)
     ensemble = f", each fold the ensemble of {seeds} seeds" if seeds > 1 else ""
+    target = {"mit1003": "MIT1003", "osie": "OSIE"}.get(results.get("target", "mit1003"), results.get("target"))
+    extra = ""
+    if results.get("extra_data"):
+        how = {"joint": "trained jointly with", "pretrain": "pre-trained on"}[results["recipe"]]
+        extra = f", {how} {' + '.join(e['name'] for e in results['extra_data'])}"
+    stamp = [f"Commit: {results['commit']}, {results['date']}  "] if "commit" in results else []
     lines = [
-        f"# {results['model']}: 10-fold cross-validation on MIT1003{ensemble}",
+        f"# {results['model']}: 10-fold cross-validation on {target}{ensemble}{extra}",
         "",
         f"Command: `{results['command']}`  ",
+        *stamp,
         f"Machine: {results['machine']}  ",
         f"Time: features {results['seconds']['features']:.0f} s, total {results['seconds']['total']:.0f} s  ",
-        f"Data: {results['dataset']}",
+        f"Data: {results['dataset']}" + "".join(f"; extra: {e['dataset']}" for e in results.get("extra_data", [])),
         "",
         "| fold | LL (bits/fix) | IG over CV center bias | explained IG | epochs |",
         "| ---: | ---: | ---: | ---: | ---: |",

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepgaze_jax import centerbias as centerbias_lib
 from deepgaze_jax import model as model_lib
 from deepgaze_jax.baselines import CenterBias
 from deepgaze_jax.images import as_rgb_array
@@ -91,11 +92,7 @@ def save_predictor_heads(path: str | pathlib.Path, model: model_lib.DeepGaze, he
                          center_bias: CenterBias, metadata: dict[str, str] | None = None) -> None:
     """Write trained heads (stacked as an ensemble) and the center bias, pickle-free (safetensors)."""
     stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *heads)
-    tree = {"heads": stacked, "centerbias": {
-        "histogram": np.asarray(center_bias.histogram, np.float32),
-        "bandwidth": np.float32(center_bias.bandwidth),
-        "uniform_weight": np.float32(center_bias.uniform_weight),
-    }}
+    tree = {"heads": stacked, "centerbias": centerbias_lib.to_tree(center_bias)}
     meta = {"model_config": model_to_json(model), "members": str(len(heads)), **(metadata or {})}
     save_params(path, tree, meta)
 
@@ -114,9 +111,12 @@ def widen_heads(heads: dict, channels: int) -> dict:
 
 
 def load_predictor(name: str = "deepgaze1", path: str | pathlib.Path | None = None,
-                   backbone_path: str | pathlib.Path | None = None) -> Predictor:
+                   backbone_path: str | pathlib.Path | None = None,
+                   centerbias: str | pathlib.Path | None = None) -> Predictor:
     """A trained predictor: the shipped ``name`` (``"deepgaze1"`` or ``"deepgaze2_vgg16"``) or the heads
-    file at ``path``; the backbone comes from the bundled weights or ``backbone_path``."""
+    file at ``path``; the backbone comes from the bundled weights or ``backbone_path``; the center bias
+    is the one stored with the heads, or ``centerbias`` (``"mit1003"``, ``"osie"``, ``"uniform"`` or a
+    file: :func:`deepgaze_jax.centerbias.resolve`)."""
     path = pathlib.Path(path) if path is not None else ASSETS / f"{name}.safetensors"
     if not path.is_file():
         shipped = sorted(p.stem for p in ASSETS.glob("*.safetensors"))
@@ -126,7 +126,7 @@ def load_predictor(name: str = "deepgaze1", path: str | pathlib.Path | None = No
         raise ValueError(f"{path}: not a predictor file (no model_config in its metadata)")
     model = model_from_json(metadata["model_config"])
     backbone = load_backbone(model.backbone, backbone_path)
-    cb = tree["centerbias"]
-    center_bias = CenterBias(cb["histogram"], float(cb["bandwidth"]), float(cb["uniform_weight"]))
+    prior = (centerbias_lib.from_tree(tree["centerbias"], str(path)).log_density if centerbias is None
+             else centerbias_lib.resolve(centerbias))
     heads = jax.tree.map(jnp.asarray, tree["heads"])
-    return Predictor(model, backbone, heads, center_bias.log_density, ensemble=True)
+    return Predictor(model, backbone, heads, prior, ensemble=True)

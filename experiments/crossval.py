@@ -1,10 +1,14 @@
 """The 10-fold cross-validation of the papers, with the results committed in ``experiments/results``.
 
     python experiments/crossval.py --model deepgaze1 [--ship] [--seeds K] [--cache DIR --results DIR]
+    python experiments/crossval.py --model deepgaze2_vgg16 --extra-data ../shared/data/OSIE [--recipe pretrain]
+    python experiments/crossval.py --model deepgaze2_vgg16 --data ../shared/data/OSIE
 
-The same as ``deepgaze train`` (``deepgaze_jax/crossval.py``) on ``../shared/data/MIT1003`` with the
-config ``experiments/configs/<model>.json``; ``--ship`` writes the fold ensemble to
-``deepgaze_jax/assets/<model>.safetensors``, the default predictor of ``deepgaze predict``.
+The same as ``deepgaze train`` (``deepgaze_jax/crossval.py``) on ``../shared/data/MIT1003`` (or the
+dataset ``--data``) with the config ``experiments/configs/<model>.json`` (``--set KEY=JSON`` overrides
+one of its values); ``--extra-data`` trains with more datasets (``--recipe joint`` or ``pretrain``);
+``--ship`` writes the fold ensemble to ``deepgaze_jax/assets/<model>.safetensors``, the default predictor
+of ``deepgaze predict``.
 """
 
 import argparse
@@ -29,13 +33,21 @@ def main() -> int:
                         help="dataset, features and checkpoints (a fresh one times the whole run)")
     parser.add_argument("--results", type=pathlib.Path, default=REPO / "experiments" / "results")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per fold (their ensemble tests the fold)")
+    parser.add_argument("--extra-data", type=pathlib.Path, action="append", default=[],
+                        help="another dataset to train with (repeatable; never tested on)")
+    parser.add_argument("--recipe", choices=crossval.RECIPES, default="joint")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a config value")
     args = parser.parse_args()
     overrides = json.loads((REPO / "experiments" / "configs" / f"{args.model}.json").read_text())
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
     config = TrainConfig.from_dict({"model": args.model, **overrides})
     out = (REPO / "deepgaze_jax" / "assets" if args.ship else args.cache) / f"{args.model}.safetensors"
     results = crossval.run(config, args.data, crossval.parse_folds(args.folds), args.cache,
                            args.results, out, args.backbone,
-                           command="python experiments/crossval.py " + " ".join(sys.argv[1:]), seeds=args.seeds)
+                           command="python experiments/crossval.py " + " ".join(sys.argv[1:]), seeds=args.seeds,
+                           extra_data=args.extra_data, recipe=args.recipe)
     print(crossval.markdown(results))
     return 0
 

@@ -14,8 +14,8 @@ import pathlib
 import sys
 
 from deepgaze_jax import crossval
-from deepgaze_jax import data as data_lib
 from deepgaze_jax.params_io import load_params
+from deepgaze_jax.pretrained import load_backbone
 from deepgaze_jax.predict import ASSETS, model_from_json
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -32,8 +32,7 @@ def main() -> int:
     model = model_from_json(meta["model_config"])
     heads = crossval.fold_heads(tree["heads"], meta)
     seeds = int(meta.get("seeds_per_fold", "1"))
-    dataset = data_lib.load_mit1003(args.data, "twosize", data_dir=cache / "tfds")
-    features = crossval.cached_features(model, None, dataset, crossval.features_path(cache, args.model, model.dtype))
+    dataset, features = crossval.load_with_features(model, load_backbone(model.backbone), args.data, cache)
     center_biases = crossval.fold_center_biases(dataset, list(heads))
     evaluation = crossval.test_metrics(model, heads, center_biases, dataset, features, None, args.model)
     name = crossval.results_name(args.model, seeds)

@@ -21,9 +21,9 @@ import pathlib
 import sys
 
 from deepgaze_jax import crossval
-from deepgaze_jax import data as data_lib
 from deepgaze_jax.baselines import CenterBias
 from deepgaze_jax.params_io import load_params
+from deepgaze_jax.pretrained import load_backbone
 from deepgaze_jax.predict import model_from_json, save_predictor_heads, widen_heads
 from deepgaze_jax.train import MODELS
 
@@ -69,8 +69,7 @@ def main() -> int:
     sources = ", ".join(f"{path.name}: {args.take or meta.get('seeds_per_fold', '1')}" for path, _, meta in loaded)
 
     cache = REPO / ".cache"
-    dataset = data_lib.load_mit1003(args.data, "twosize", data_dir=cache / "tfds")
-    features = crossval.cached_features(wide, None, dataset, crossval.features_path(cache, args.model, wide.dtype))
+    dataset, features = crossval.load_with_features(wide, load_backbone(wide.backbone), args.data, cache)
     center_biases = crossval.fold_center_biases(dataset, folds)
     results_dir = REPO / "experiments" / "results"
     evaluation = crossval.test_metrics(wide, heads, center_biases, dataset, features, None, args.name)

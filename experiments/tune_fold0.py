@@ -48,15 +48,12 @@ def main() -> None:
     configs = [T.TrainConfig.from_dict({**model_default, **json.loads(c)}) for c in args.configs]
     if len({c.model for c in configs}) != 1 or len({c.feature_dtype for c in configs}) != 1:
         raise SystemExit("all configs must share model and feature_dtype")
-    dataset = data_lib.load_mit1003(args.data, "twosize", data_dir=REPO / ".cache" / "tfds")
     model = configs[0].build_model()
     backbone = load_backbone(model.backbone)
-    path = lambda flip: crossval.features_path(REPO / ".cache", model=configs[0].model,  # noqa: E731
-                                               dtype=configs[0].feature_dtype, flip=flip)
-    features = crossval.cached_features(model, backbone, dataset, path(False))
+    dataset, features = crossval.load_with_features(model, backbone, args.data, REPO / ".cache")
     flipped = None
     if any(c.flip for c in configs):
-        flipped = crossval.cached_features(model, backbone, dataset, path(True), flip=True)
+        flipped = crossval.load_with_features(model, backbone, args.data, REPO / ".cache", flip=True)[1]
     fixations = T.FixationSet.from_dataset(dataset, features, flipped=flipped)
     split = data_lib.crossval_splits(len(dataset), args.fold)
     centerbias = crossval.centerbias_function(CenterBias.fit(dataset.subset(split["train"])))
@@ -71,8 +68,7 @@ def main() -> None:
                   f"({time.time() - start:.0f} s, {result.restarts} restarts)", "val:",
                   [round(h["val_ll"], 3) for h in result.history],
                   "train:", [round(h["train_ll"], 3) for h in result.history], flush=True)
-            trainer = T.Trainer(model, T.make_optimizer(seeded, 1))
-            members.append(trainer.fixation_log_likelihoods(result.best_params, val, centerbias, config.batch_size))
+            members.append(T.Evaluator(model).fixation_log_likelihoods(result.best_params, val, centerbias, config.batch_size))
         if args.seeds > 1:
             per_image = lambda bits: float(np.mean([b.mean() for b in bits]))  # noqa: E731
             singles = [per_image(m) for m in members]

@@ -26,6 +26,14 @@ def mit1003_dir() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def osie_dir() -> pathlib.Path:
+    path = data_dir() / "OSIE"
+    if not (path / "fixations.csv").is_file():
+        pytest.skip(f"OSIE not found at {path}; set DEEPGAZE_DATA_DIR to the folder holding OSIE/")
+    return path
+
+
+@pytest.fixture(scope="session")
 def predictor_file(tmp_path_factory) -> pathlib.Path:
     """A DeepGaze I predictor file with two random heads and a generic Gaussian center bias.
 

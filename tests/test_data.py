@@ -301,3 +301,45 @@ def test_mit1003_batches_cover_train_split_once(mit1003_tfds):
     rows = np.concatenate([np.concatenate([r for i, r in b if i >= 0]) for b in bt.batches])
     expected = np.flatnonzero(np.isin(ds.fixations.image_index, split["train"]))
     np.testing.assert_array_equal(np.sort(rows), expected)
+
+
+def test_csv_reader_drops_exact_duplicates_and_refuses_conflicting_ones(tmp_path):
+    rows = ["p.png,u1,1.5,2.5,0,0.1,0.3", "p.png,u1,1.5,2.5,0,0.1,0.3", "p.png,u2,3,3,0,0.1,0.2",
+            "p.png,u2,3,3,0,0.1,0.2", "q.jpeg,u2,9.5,0.2,0,0.1,0.2"]
+    root = fake_data.make_csv_dataset(tmp_path / "dup", rows=rows)
+    raw = data.read_fixation_csv(root / "STIMULI", root / "fixations.csv")
+    assert len(raw.fixations) == 3 and raw.report.duplicate_rows == (3, 5)
+    assert "2 duplicate rows" in str(raw.report)
+    rows[1] = "p.png,u1,1.6,2.5,0,0.1,0.3"
+    root = fake_data.make_csv_dataset(tmp_path / "conflict", rows=rows)
+    with pytest.raises(ValueError, match=r"fixations.csv:3: fixation t=0 of 'u1' on 'p.png' is also line 2"):
+        data.read_fixation_csv(root / "STIMULI", root / "fixations.csv")
+
+
+def test_csv_reader_takes_sub_pixel_coordinates_and_durations_in_ms(tmp_path):
+    root = fake_data.make_csv_dataset(tmp_path / "ms", header="image,subject,x,y,t,duration_ms,x_src",
+                                      rows=["p.png,u1,1.25,2.75,0,250,2.25", "q.jpeg,u1,0.5,0.5,0,125.5,1.5"])
+    raw = data.read_fixation_csv(root / "STIMULI", root / "fixations.csv")
+    np.testing.assert_allclose(raw.fixations.x, [1.25, 0.5])
+    np.testing.assert_allclose(raw.fixations.duration, [0.25, 0.1255])
+
+
+def test_csv_build_is_keyed_on_the_files(tmp_path):
+    root = fake_data.make_csv_dataset(tmp_path / "raw")
+    first = data.load_fixation_csv(root, "mine", data_dir=tmp_path / "tfds")
+    assert len(first.fixations) == 4
+    csv = root / "fixations.csv"
+    csv.write_text(csv.read_text().replace("p.png,u2,3,3,0", "p.png,u2,4,4,0"))
+    edited = data.load_fixation_csv(root, "mine", data_dir=tmp_path / "tfds")
+    assert 4.0 in edited.fixations.x and 3.0 not in edited.fixations.x  # not the stale build
+    assert len(list((tmp_path / "tfds" / "fixation_csv").glob("mine_*"))) == 2
+
+
+def test_osie_through_the_generic_csv_builder(osie_dir, tmp_path):
+    ds = data.load_fixation_csv(osie_dir, "osie", data_dir=tmp_path / "tfds")
+    assert len(ds) == 700 and len(ds.subjects) == 15 and len(ds.fixations) == 98321
+    assert ds.filter_report.kept == 98321  # all inside, no forced initial fixation marked: nothing dropped
+    assert ds.fixations.inside.all() and not ds.fixations.initial.any()
+    assert {tuple(s) for s in ds.sizes} == {(600, 800)}
+    assert ds.images[0].shape == (600, 800, 3)
+    assert np.all(np.isfinite(ds.fixations.duration)) and ds.fixations.x.max() < 800

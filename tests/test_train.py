@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepgaze_jax import likelihood
+from deepgaze_jax import feature_cache, likelihood
 from deepgaze_jax import train as T
 from deepgaze_jax.model import deepgaze1, init_backbone
 
@@ -49,7 +49,7 @@ def data():
     model = deepgaze1()
     backbone = init_backbone(jax.random.PRNGKey(0), "alexnet")
     images, xs, ys = synthetic()
-    features = T.cache_features(model, backbone, images, progress=False)
+    features = feature_cache.compute_features(model, backbone, images, progress=False)
     fixations = T.FixationSet(features, [im.shape[:2] for im in images], xs, ys, max_fixations=16)
     return model, backbone, images, fixations
 

@@ -223,3 +223,4 @@ def _set_metadata(info: tfds.core.DatasetInfo, raw: RawDataset) -> None:
     info.metadata["subjects"] = list(raw.subjects)
     info.metadata["empty_scanpaths"] = list(raw.report.empty_scanpaths)
     info.metadata["images_without_fixations"] = list(raw.report.images_without_fixations)
+    info.metadata["duplicate_rows"] = list(raw.report.duplicate_rows)

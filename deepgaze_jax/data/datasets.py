@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import pathlib
 from typing import Protocol, Sequence
@@ -126,7 +127,7 @@ def load_tfds(builder: tfds.core.DatasetBuilder, *, split: str = "train",
         ids.append(ex["image_id"].decode() if isinstance(ex["image_id"], bytes) else str(ex["image_id"]))
         sizes.append(ex["size"])
     subjects = tuple(builder.info.metadata["subjects"])
-    for key in ("empty_scanpaths", "images_without_fixations"):
+    for key in ("empty_scanpaths", "images_without_fixations", "duplicate_rows"):
         if skipped := list(builder.info.metadata.get(key) or []):
             log.warning("%s: %d %s when building: %s", builder.name, len(skipped), key.replace("_", " "),
                         skipped[:5])
@@ -164,8 +165,23 @@ def load_fixation_csv(manual_dir: str | pathlib.Path, name: str, *, stimuli: str
                       data_dir: str | pathlib.Path | None = None,
                       filter_conventional: bool = True) -> FixationDataset:
     """Any dataset given as ``manual_dir/<stimuli>/`` and ``manual_dir/<csv>`` (see
-    :func:`deepgaze_jax.data.fixations.read_fixation_csv`), built once as tfds config ``name``."""
-    cfg = builders.FixationCsvConfig(name=name, stimuli=stimuli, csv=csv, one_based=one_based, resize=resize)
+    :func:`deepgaze_jax.data.fixations.read_fixation_csv`), built once as tfds config
+    ``<name>_<digest>``: the digest covers the CSV's bytes, the stimuli's names and file sizes and the
+    options, so an edited CSV or stimuli folder is built anew, never read from a stale build."""
+    manual_dir = pathlib.Path(manual_dir)
+    digest = hashlib.sha256(repr((stimuli, csv, one_based, resize)).encode())
+    csv_path = manual_dir / csv
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"fixation CSV not found: {csv_path}")
+    digest.update(csv_path.read_bytes())
+    stimuli_dir = manual_dir / stimuli
+    if not stimuli_dir.is_dir():
+        raise FileNotFoundError(f"stimuli folder not found: {stimuli_dir}")
+    for entry in sorted(stimuli_dir.iterdir()):
+        digest.update(f"{entry.name}|{entry.stat().st_size}\n".encode())
+    safe = "".join(c if c.isalnum() else "_" for c in name.lower())
+    cfg = builders.FixationCsvConfig(name=f"{safe}_{digest.hexdigest()[:12]}", stimuli=stimuli, csv=csv,
+                                     one_based=one_based, resize=resize)
     b = builders.FixationCsv(config=cfg, data_dir=None if data_dir is None else str(data_dir),
                              file_format="array_record")
     _prepare(b, manual_dir)

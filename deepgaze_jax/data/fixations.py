@@ -129,10 +129,11 @@ class ReadReport:
 
     empty_scanpaths: tuple[str, ...] = ()
     images_without_fixations: tuple[str, ...] = ()
+    duplicate_rows: tuple[int, ...] = ()  # line numbers of CSV rows that repeat an earlier row exactly
 
     def __str__(self) -> str:
-        return (f"skipped {len(self.empty_scanpaths)} empty scanpath files; "
-                f"{len(self.images_without_fixations)} images have no fixations")
+        return (f"skipped {len(self.empty_scanpaths)} empty scanpath files and {len(self.duplicate_rows)} "
+                f"duplicate rows; {len(self.images_without_fixations)} images have no fixations")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,12 +272,15 @@ def read_fixation_csv(stimuli_dir: str | pathlib.Path, csv_path: str | pathlib.P
 
     Required columns ``image,subject,x,y,t``: ``image`` a file name in ``stimuli_dir``, ``x, y`` pixel
     coordinates (0-based unless ``one_based``), ``t`` the index of the fixation in its scanpath.
-    Optional: ``t_start_s``, ``t_end_s`` (seconds), ``initial`` (0/1, forced start fixation; without the
-    column none is), ``inside`` (0/1; ANDed with the bounds check ``0 <= x < W and 0 <= y < H``).
-    Other columns are ignored. Only images named in the CSV are part of the dataset.
+    Optional: ``t_start_s``, ``t_end_s`` (seconds), ``duration_ms`` (used where ``t_end_s`` is absent),
+    ``initial`` (0/1, forced start fixation; without the column none is), ``inside`` (0/1; ANDed with
+    the bounds check ``0 <= x < W and 0 <= y < H``). Coordinates may be sub-pixel. Other columns are
+    ignored. Only images named in the CSV are part of the dataset. A row that repeats an earlier one
+    exactly is dropped and counted (``report.duplicate_rows``).
 
     Raises:
-      ValueError: missing columns, or a malformed row (names file and line).
+      ValueError: missing columns, a malformed row, or two different rows for the same fixation
+        (image, subject, t) (names file and lines).
       FileNotFoundError: an image named in the CSV is not in ``stimuli_dir`` (names the CSV line).
     """
     stimuli_dir, csv_path = pathlib.Path(stimuli_dir), pathlib.Path(csv_path)
@@ -289,7 +293,7 @@ def read_fixation_csv(stimuli_dir: str | pathlib.Path, csv_path: str | pathlib.P
         if missing:
             raise ValueError(f"{csv_path}: missing column(s) {missing}; found {columns}, "
                              f"required {list(_REQUIRED_COLUMNS)}")
-        records = []
+        records, seen, duplicates = [], {}, []
         for row in reader:
             lineno = reader.line_num
             try:
@@ -297,13 +301,26 @@ def read_fixation_csv(stimuli_dir: str | pathlib.Path, csv_path: str | pathlib.P
                 t = int(row["t"])
                 t0 = float(row["t_start_s"]) if row.get("t_start_s") not in (None, "") else math.nan
                 t1 = float(row["t_end_s"]) if row.get("t_end_s") not in (None, "") else math.nan
+                duration = (float(row["duration_ms"]) / 1000 if row.get("duration_ms") not in (None, "")
+                            else t1 - t0)
                 initial = bool(int(row["initial"])) if "initial" in row else False
                 inside = bool(int(row["inside"])) if "inside" in row else True
                 if not (math.isfinite(x) and math.isfinite(y)) or not row["image"] or not row["subject"]:
                     raise ValueError("empty or non-finite field")
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{csv_path}:{lineno}: malformed row {row}: {e}") from None
-            records.append((row["image"], row["subject"], x, y, t, t0, t1, initial, inside, lineno))
+            fixation = (row["image"], row["subject"], t)
+            values = (x, y, t0, t1, duration, initial, inside)
+            if fixation in seen:
+                first, first_values = seen[fixation]
+                if first_values != values and not all(a == b or (a != a and b != b)
+                                                      for a, b in zip(first_values, values)):
+                    raise ValueError(f"{csv_path}:{lineno}: fixation t={t} of {row['subject']!r} on {row['image']!r} "
+                                     f"is also line {first}, with other values")
+                duplicates.append(lineno)
+                continue
+            seen[fixation] = (lineno, values)
+            records.append((row["image"], row["subject"], x, y, t, t0, duration, initial, inside, lineno))
     names = sorted({r[0] for r in records})
     first_line = {}
     for r in records:
@@ -319,15 +336,19 @@ def read_fixation_csv(stimuli_dir: str | pathlib.Path, csv_path: str | pathlib.P
     subjects = sorted({r[1] for r in records})
     subject_of = {n: i for i, n in enumerate(subjects)}
     if records:
-        img, sub, x, y, t, t0, t1, initial, inside, _ = map(np.array, zip(*records))
+        img, sub, x, y, t, t0, duration, initial, inside, _ = map(np.array, zip(*records))
     else:
-        img = sub = x = y = t = t0 = t1 = initial = inside = np.zeros(0)
+        img = sub = x = y = t = t0 = duration = initial = inside = np.zeros(0)
     img = np.array([image_of[n] for n in img], dtype=np.int32)
     off = 1.0 if one_based else 0.0
     x, y = x.astype(np.float64) - off, y.astype(np.float64) - off
     h, w = sizes[img, 0], sizes[img, 1]
     inside = inside.astype(bool) & (x >= 0) & (x < w) & (y >= 0) & (y < h)
-    fix = Fixations(image_index=img, x=x, y=y, index=t, onset=t0, duration=t1 - t0,
+    fix = Fixations(image_index=img, x=x, y=y, index=t, onset=t0, duration=duration,
                     subject=np.array([subject_of[n] for n in sub], dtype=np.int32),
                     inside=inside, initial=initial)
-    return RawDataset(tuple(names), tuple(paths), sizes, tuple(subjects), fix, ReadReport())
+    if duplicates:
+        log.warning("%s: dropped %d rows that repeat an earlier row exactly (first: line %d)", csv_path,
+                    len(duplicates), duplicates[0])
+    return RawDataset(tuple(names), tuple(paths), sizes, tuple(subjects), fix,
+                      ReadReport(duplicate_rows=tuple(duplicates)))
