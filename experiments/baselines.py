@@ -29,7 +29,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from deepgaze_jax import baselines, data  # noqa: E402
+from deepgaze_jax import baselines, crossval, data  # noqa: E402
 
 # The reference training notebook's center bias (DEEPGAZE.md section 2), scored with our LOO objective.
 REFERENCE_BANDWIDTH, REFERENCE_UNIFORM = 0.0215, 1.3e-15
@@ -120,8 +120,7 @@ def main() -> None:
     p.add_argument("--out", type=pathlib.Path, default=REPO / "experiments" / "results" / "baselines")
     args = p.parse_args()
     tfds_dir = args.tfds_dir or pathlib.Path(tempfile.mkdtemp(prefix="tfds_"))
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = crossval.git_commit()
     result = {"command": " ".join(["python experiments/baselines.py", *sys.argv[1:]]), "machine": machine(),
               "commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "units": "bits/fixation relative to uniform", "configs": {},
