@@ -208,7 +208,7 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
         raise ValueError(f"seeds must be at least 1, got {seeds}")
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
-    started = time.time()
+    started, commit = time.time(), git_commit()  # the code this run started from
     target = Source(data_dir)
     extras = [Source(p) for p in extra_data]
     names = [target.name] + [e.name for e in extras]
@@ -314,7 +314,7 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
                    + (f", {jax.process_count()} processes of this kind, {jax.device_count()} devices in all"
                       if jax.process_count() > 1 else ""),
         "command": command,
-        "commit": git_commit(),
+        "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if extras:

@@ -18,7 +18,6 @@ import math
 import os
 import pathlib
 import platform
-import subprocess
 import sys
 import tempfile
 import time
