@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 #: Shipped predictor names (``deepgaze_jax/assets/<name>.safetensors``).
 MODELS = ("deepgaze1", "deepgaze2_vgg16")
-TRAINABLE = ("deepgaze1", "deepgaze2_vgg16", "deepgaze2_vgg19", "deepgaze2_vgg16_block4")  # keys of train.MODELS
+TRAINABLE = ("deepgaze1", "deepgaze2_vgg16", "deepgaze2_vgg19", "deepgaze2_vgg16_block4",
+             "deepgaze2_vgg16_iie")  # keys of train.MODELS
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 #: Images loaded ahead of prediction at most (bounds memory on large folders).
 CHUNK = 64
@@ -284,7 +285,8 @@ def _add_train(sub) -> None:
                     "--heads`. An interrupted run resumes from its checkpoints in --cache.",
     )
     p.add_argument("--model", default="deepgaze1", choices=TRAINABLE,
-                   help="deepgaze2_vgg16_block4 reads block 4's conv4_3, relu4_3 besides block 5")
+                   help="deepgaze2_vgg16_block4 reads block 4's conv4_3, relu4_3 besides block 5; "
+                        "deepgaze2_vgg16_iie has the DeepGaze IIE / III readout (layer norm, 8-16-1, softplus)")
     p.add_argument("--config", type=pathlib.Path, help="TrainConfig as JSON (see deepgaze_jax.train.TrainConfig)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value (JSON value), e.g. --set learning_rate=0.002; repeatable")

@@ -43,7 +43,10 @@ PAPER = {"deepgaze1": "56 % explained information gain (Kümmerer et al. 2015)",
          "deepgaze2_vgg16": "87 % explained information gain with VGG-19 and SALICON pre-training (Kümmerer et al. 2016)",
          "deepgaze2_vgg19": "87 % explained information gain with SALICON pre-training (Kümmerer et al. 2016)",
          "deepgaze2_vgg16_block4": "87 % explained information gain with VGG-19 (block 5 only) and SALICON "
-                                   "pre-training (Kümmerer et al. 2016)"}
+                                   "pre-training (Kümmerer et al. 2016)",
+         "deepgaze2_vgg16_iie": "87 % explained information gain with the DeepGaze II readout, VGG-19 and SALICON "
+                                "pre-training (Kümmerer et al. 2016); DeepGaze IIE (its readout on other "
+                                "backbones) 93 % (Linardos et al. 2021)"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ from deepgaze_jax.finalizer import saliency_grid, upsample_to_image, values_at
 from deepgaze_jax.resize import downscale_nearest, resize_nearest
 
 Params = dict
+READOUT_KINDS = ("deepgaze2", "iie")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +37,12 @@ class DeepGaze:
     Attributes:
       backbone: ``"alexnet"``, ``"vgg16"`` or ``"vgg19"``.
       layers: backbone layers fed to the readout, concatenated on channels in this order.
-      readout_channels: output channels of the 1x1 conv layers (ReLU between them, not after the last).
+      readout_channels: output channels of the 1x1 conv layers.
       readout_bias: whether the readout convs have a bias.
+      readout_kind: ``"deepgaze2"``: 1x1 convs with ReLU between them, not after the last (DeepGaze I
+        and II); ``"iie"``: the saliency network of DeepGaze IIE / III, every layer a layer norm over
+        ``(h, w, C)`` of each image (per-channel scale and shift, eps 1e-12), a 1x1 conv, a bias and a
+        softplus (the convs' own ``readout_bias`` must be False: the bias is a layer of its own).
       downsample: the image is shrunk by this factor (nearest) before the backbone.
       readout_factor: features are resized to ``ceil(H / downsample / readout_factor)`` (and W).
       saliency_map_factor: blur and center bias act on the image grid shrunk by this factor.
@@ -60,8 +65,13 @@ class DeepGaze:
     max_blur_radius: int = 96
     ceil_mode: bool = False
     dtype: str = "float32"
+    readout_kind: str = "deepgaze2"
 
     def __post_init__(self):
+        if self.readout_kind not in READOUT_KINDS:
+            raise ValueError(f"readout_kind must be one of {READOUT_KINDS}, got {self.readout_kind!r}")
+        if self.readout_kind == "iie" and self.readout_bias:
+            raise ValueError("the iie readout has a bias layer of its own; readout_bias must be False")
         names = backbones.layer_names(self.backbone)
         unknown = [layer for layer in self.layers if layer not in names]
         if unknown:
@@ -87,6 +97,10 @@ class DeepGaze:
             layer = {"kernel": jax.random.uniform(key_w, (1, 1, fan_in, out), jnp.float32, -bound, bound)}
             if self.readout_bias:
                 layer["bias"] = jax.random.uniform(key_b, (out,), jnp.float32, -bound, bound)
+            if self.readout_kind == "iie":  # layer norm to identity, bias layer zero (the reference's init)
+                layer["norm_scale"] = jnp.ones((fan_in,), jnp.float32)
+                layer["norm_shift"] = jnp.zeros((fan_in,), jnp.float32)
+                layer["bias"] = jnp.zeros((out,), jnp.float32)
             readout[f"conv{i}"] = layer
             fan_in = out
         finalizer = {
@@ -135,6 +149,10 @@ class DeepGaze:
         readout = head_params["readout"]
         for i in range(len(self.readout_channels)):
             layer = readout[f"conv{i}"]
+            if self.readout_kind == "iie":
+                mean = x.mean(axis=(1, 2, 3), keepdims=True)
+                var = jnp.square(x - mean).mean(axis=(1, 2, 3), keepdims=True)
+                x = (x - mean) * jax.lax.rsqrt(var + 1e-12) * layer["norm_scale"] + layer["norm_shift"]
             # The kernel enters as its (out, in) transpose behind a barrier: the gradient of the wide
             # first layer is then the dot (out, in) = g^T x, which XLA:CPU computes ~5x faster than
             # the (in, out) form it would otherwise fold the transpose into.
@@ -142,12 +160,18 @@ class DeepGaze:
             x = jnp.einsum("bhwc,dc->bhwd", x, kernel_t, precision=jax.lax.Precision.HIGHEST)
             if "bias" in layer:
                 x = x + layer["bias"]
-            if i < len(self.readout_channels) - 1:
+            if self.readout_kind == "iie":
+                x = jax.nn.softplus(x)
+            elif i < len(self.readout_channels) - 1:
                 x = jax.nn.relu(x)
         return x[..., 0]
 
     def _grid(self, head_params: Params, features: jax.Array, centerbias: jax.Array) -> jax.Array:
         fin = head_params["finalizer"]
+        shape = self.readout_shape(*centerbias.shape[-2:])
+        if self.readout_kind == "iie" and features.shape[1:3] != shape:
+            # Its layer norm takes statistics over the grid, so it does not commute with the resize.
+            features = resize_nearest(features, shape)
         return saliency_grid(
             self.readout(head_params, features),
             centerbias.astype(jnp.float32),
@@ -246,9 +270,11 @@ DEEPGAZE2_LAYERS = {
 BLOCK4_LAYERS = ("conv4_3", "relu4_3")
 
 
-def deepgaze2(backbone: str = "vgg19", dtype: str = "float32", extra_layers: tuple[str, ...] = ()) -> DeepGaze:
+def deepgaze2(backbone: str = "vgg19", dtype: str = "float32", extra_layers: tuple[str, ...] = (),
+              readout: str = "deepgaze2") -> DeepGaze:
     """DeepGaze II: VGG ``conv5_1, relu5_1, relu5_2, conv5_3, relu5_4`` (2560 channels) -> 1x1 convs
-    16-32-2-1 with ReLU between -> finalizer.
+    16-32-2-1 with ReLU between -> finalizer. ``readout="iie"``: the DeepGaze IIE / III saliency network
+    (layer norm, 1x1 convs 8-16-1, softplus) on the same features instead.
 
     ``backbone="vgg16"`` uses ``relu5_3`` (the last ReLU of block 5) in place of ``relu5_4``.
     ``extra_layers`` are read after those (e.g. :data:`BLOCK4_LAYERS`; 512 more channels each). Pools use
@@ -260,8 +286,9 @@ def deepgaze2(backbone: str = "vgg19", dtype: str = "float32", extra_layers: tup
     return DeepGaze(
         backbone=backbone,
         layers=DEEPGAZE2_LAYERS[backbone] + tuple(extra_layers),
-        readout_channels=(16, 32, 2, 1),
-        readout_bias=True,
+        readout_channels=(16, 32, 2, 1) if readout == "deepgaze2" else (8, 16, 1),
+        readout_bias=readout == "deepgaze2",
+        readout_kind=readout,
         downsample=2,
         readout_factor=16,
         saliency_map_factor=2,

@@ -43,6 +43,8 @@ MODELS: dict[str, Callable[[], model_lib.DeepGaze]] = {
     "deepgaze2_vgg19": lambda: model_lib.deepgaze2("vgg19"),
     # Block 5 and block 4's conv4_3 / relu4_3: 3584 channels (this project's variant, not the paper's).
     "deepgaze2_vgg16_block4": lambda: model_lib.deepgaze2("vgg16", extra_layers=model_lib.BLOCK4_LAYERS),
+    # DeepGaze II's features with the DeepGaze IIE / III readout (layer norm, 8-16-1, softplus).
+    "deepgaze2_vgg16_iie": lambda: model_lib.deepgaze2("vgg16", readout="iie"),
 }
 
 

@@ -1,6 +1,8 @@
 """DeepGaze I and II end to end: parity with a PyTorch forward pass of the reference semantics,
 normalisation, batching, gradients, ensembles and bad input."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,6 +97,45 @@ def test_deepgaze2_vgg16_matches_reference_semantics(extra_layers):
         ).numpy()
     ours = np.asarray(model.apply(params, images, centerbias))
     np.testing.assert_allclose(ours, expected, atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("ceil_mode", [True, False], ids=["grids-equal", "features-resized"])
+def test_iie_readout_matches_reference_semantics(ceil_mode):
+    """The DeepGaze IIE / III saliency network on DeepGaze II's VGG-16 features. Without ceil_mode the
+    features' 6x8 grid differs from the 7x9 readout grid: the layer norm must see the resized maps."""
+    torch.manual_seed(2)
+    vgg = torchvision.models.vgg16(weights=None).eval()
+    for layer in vgg.features:
+        if isinstance(layer, torch.nn.MaxPool2d):
+            layer.ceil_mode = ceil_mode
+    model = dataclasses.replace(deepgaze2("vgg16", readout="iie"), ceil_mode=ceil_mode)
+    assert model.readout_channels == (8, 16, 1) and model.feature_channels == 2560
+    head = model.init_head(jax.random.PRNGKey(5))
+    rng = np.random.default_rng(6)  # away from the identity / zero init, so every parameter matters
+    for layer in head["readout"].values():
+        for key in ("norm_scale", "norm_shift", "bias"):
+            layer[key] = layer[key] + rng.normal(0, 0.3, layer[key].shape).astype(np.float32)
+    params = {"backbone": convert_torchvision(vgg.state_dict(), "vgg16"), "head": head}
+    as_torch = lambda a: torch.from_numpy(np.array(a))  # noqa: E731
+    readout = [(as_torch(np.asarray(layer["kernel"]).transpose(3, 2, 0, 1)), as_torch(layer["bias"]),
+                as_torch(layer["norm_scale"]), as_torch(layer["norm_shift"]))
+               for layer in (head["readout"][f"conv{i}"] for i in range(3))]
+    images = random_images(2, 211, 283, seed=7)
+    centerbias = random_centerbias(2, 211, 283, seed=7)
+    features = np.asarray(model.features(params["backbone"], images))
+    assert (features.shape[1:3] == (7, 9)) == ceil_mode
+    with torch.no_grad():
+        expected = deepgaze_forward(
+            vgg.features, list(backbones.layer_names("vgg16")), list(model.layers), readout,
+            torch.tensor(8.0), torch.tensor([1.0]),
+            torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(centerbias),
+            downsample=2, readout_factor=16, saliency_map_factor=2, readout_kind="iie",
+        ).numpy()
+    ours = np.asarray(model.apply(params, images, centerbias))
+    # Same float32 summation-order bound as the DeepGaze II parity test above.
+    np.testing.assert_allclose(ours, expected, atol=2e-4, rtol=0)
+    with pytest.raises(ValueError, match="readout_bias must be False"):
+        dataclasses.replace(model, readout_bias=True)
 
 
 @pytest.mark.parametrize("size", [(768, 1024), (1024, 768), (333, 517)])

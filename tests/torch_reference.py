@@ -46,15 +46,28 @@ def deepgaze_forward(
     downsample: int,
     readout_factor: int,
     saliency_map_factor: int,
+    readout_kind: str = "deepgaze2",
 ) -> torch.Tensor:
-    """(B, 3, H, W) RGB 0..255, (B, H, W) center bias -> (B, H, W) log density."""
+    """(B, 3, H, W) RGB 0..255, (B, H, W) center bias -> (B, H, W) log density.
+
+    ``readout_kind="iie"``: ``readout`` holds ``(weight, bias, norm_weight, norm_bias)`` per layer, each
+    layer ``LayerNorm`` over (C, H, W) with per-channel affine (eps 1e-12) -> conv -> bias -> softplus,
+    as the reference's ``build_saliency_network``."""
     height, width = image.shape[2:]
     x = F.interpolate(image, scale_factor=1 / downsample, recompute_scale_factor=False)
     x = (x / 255.0 - MEAN) / STD
     outputs = named_features(features, names, x)
     shape = [math.ceil(height / downsample / readout_factor), math.ceil(width / downsample / readout_factor)]
     x = torch.cat([F.interpolate(outputs[name], shape) for name in layers], dim=1)
-    for i, (weight, bias) in enumerate(readout):
+    for i, layer in enumerate(readout):
+        if readout_kind == "iie":
+            weight, bias, norm_weight, norm_bias = layer
+            grid = x.shape[1:]
+            x = F.layer_norm(x, grid, norm_weight.view(-1, 1, 1).expand(grid), norm_bias.view(-1, 1, 1).expand(grid),
+                             eps=1e-12)
+            x = F.softplus(F.conv2d(x, weight) + bias.view(1, -1, 1, 1))
+            continue
+        weight, bias = layer
         x = F.conv2d(x, weight, bias)
         if i < len(readout) - 1:
             x = F.relu(x)
