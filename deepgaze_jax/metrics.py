@@ -3,7 +3,9 @@
 Conventions (shared across the project):
 
 * A log density is a float array ``(H, W)`` or ``(B, H, W)`` in nats, normalised so that logsumexp over
-  the pixels is 0. A saliency map is any finite float array of the same shapes.
+  the pixels is 0; the functions that need a density (log-likelihood, information gain) refuse one whose
+  logsumexp is further than :data:`NORMALISATION_ATOL` from 0. A saliency map is any finite float array
+  of the same shapes.
 * Fixations are padded float arrays ``xs, ys`` of shape ``(N,)`` or ``(B, N)`` in 0-based pixel
   coordinates (x to the right, y down) with a boolean ``mask`` of the same shape marking real fixations.
   A fixation reads the pixel ``[int(y), int(x)]`` (truncation), as pysaliency does.
@@ -12,8 +14,9 @@ Conventions (shared across the project):
   :func:`mean_per_image`.
 
 Every public function validates its inputs (finite maps, matching shapes, non-empty fixation sets,
-fixations inside the map) and raises ``ValueError`` naming the problem, then calls a pure jitted kernel
-(the ``_*_kernel`` functions), vectorised over images and fixations. The public functions compute in
+fixations inside the map, normalised log densities) on the host and raises ``ValueError`` naming the
+problem, then calls a pure jitted kernel (the ``_*_kernel`` functions), vectorised over images and
+fixations. The public functions compute in
 float64 (under ``jax.enable_x64``) so that they agree with pysaliency to far better than 1e-6; the
 kernels themselves follow the dtype they are given and can be used inside other jitted code.
 """
@@ -31,6 +34,14 @@ import numpy as np
 LN2 = math.log(2.0)
 # The MIT/Tuebingen benchmark's regularisation constant for KLDiv (MATLAB's eps, as pysaliency writes it).
 KLDIV_EPS = 2.2204e-16
+# How far from 0 a log density's logsumexp may be, in nats. Producers normalise in float32: each stored
+# log value is rounded to 2^-24 of its size (< 2e-6 nats for |log p| < 30), and the pairwise or tree
+# sums of numpy, XLA and torch over ~1e6 float32 terms err by at most ~log2(1e6) * 2^-24 = 1.2e-6
+# (measured at 768x1024: 4e-8 to 5e-7 nats for this project's model, its center bias and
+# jax.nn.logsumexp). 1e-3 is ~1000 times that, and an accepted map moves LL and IG by at most
+# 1e-3 / ln 2 = 0.0014 bits/fixation. A naive sequential float32 running sum errs by up to
+# 1e6 * 2^-24 = 0.06 (1.4e-3 measured at 768x1024) and is refused: renormalise such maps in float64.
+NORMALISATION_ATOL = 1e-3
 
 BlurMode = Literal["reflect", "nearest", "constant", "mirror", "wrap"]
 # scipy.ndimage boundary modes -> numpy/jnp.pad modes with the same extension rule.
@@ -556,6 +567,35 @@ def _fixations(xs, ys, mask, maps: np.ndarray, batched: bool, name: str = "fixat
     return np.where(mask, xs, 0.0), np.where(mask, ys, 0.0), mask
 
 
+def _logsumexp_host(maps: np.ndarray) -> np.ndarray:
+    """(B, H, W) -> (B,) logsumexp over each image, on the host. The exponentials are float32 (summed
+    in float64): ~1e-7 nats of error, plenty for a check at 1e-3, three times faster than float64."""
+    peak = maps.max(axis=(1, 2), keepdims=True)
+    terms = np.exp((maps - peak).astype(np.float32))
+    return peak[:, 0, 0].astype(np.float64) + np.log(terms.sum(axis=(1, 2), dtype=np.float64))
+
+
+def normalisation_error(what: str, logsumexp: float) -> ValueError:
+    """The one-line error for a log density ``what`` whose logsumexp (nats) is off."""
+    return ValueError(f"{what} is not normalised: logsumexp {logsumexp:.4g} nats, need |logsumexp| <= "
+                      f"{NORMALISATION_ATOL:g} (subtract the logsumexp over the pixels)")
+
+
+def check_normalised(log_density, name: str = "log_density") -> None:
+    """Raise ValueError unless each map of ``log_density`` ((H, W) or (B, H, W), nats) has
+    ``|logsumexp| <= NORMALISATION_ATOL`` over its pixels; the error names the map and its logsumexp.
+
+    Runs on the host, once per map (a few ms for 768x1024), outside the jitted kernels.
+    """
+    maps = np.asarray(log_density)
+    batched = maps.ndim == 3
+    lse = _logsumexp_host(maps if batched else maps[None])
+    bad = np.flatnonzero(~(np.abs(lse) <= NORMALISATION_ATOL))
+    if bad.size:
+        b = int(bad[0])
+        raise normalisation_error(f"{name} of image {b}" if batched else name, float(lse[b]))
+
+
 def _full_sizes(maps: np.ndarray) -> np.ndarray:
     return np.tile(np.array(maps.shape[1:], np.int32), (maps.shape[0], 1))
 
@@ -573,11 +613,13 @@ def _out(values, batched: bool) -> np.ndarray:
 def log_likelihood(log_density, xs, ys, mask=None) -> np.ndarray:
     """Log-likelihood of each fixation in bits, relative to the uniform model.
 
-    ``(log p[int(y), int(x)] + log(H*W)) / ln 2``. log_density: (H, W) or (B, H, W), nats, normalised.
-    xs, ys, mask: (N,) or (B, N). Returns (N,) or (B, N) bits/fixation, NaN at padded positions.
+    ``(log p[int(y), int(x)] + log(H*W)) / ln 2``. log_density: (H, W) or (B, H, W), nats, normalised
+    (ValueError if a map's |logsumexp| exceeds :data:`NORMALISATION_ATOL`). xs, ys, mask: (N,) or (B, N).
+    Returns (N,) or (B, N) bits/fixation, NaN at padded positions.
     """
     maps, batched = _maps("log_density", log_density)
     xs, ys, mask = _fixations(xs, ys, mask, maps, batched)
+    check_normalised(maps if batched else maps[0], "log_density")
     with jax.enable_x64(True):
         return _out(_log_likelihood_kernel(maps, _full_sizes(maps), xs, ys, mask), batched)
 
@@ -585,13 +627,16 @@ def log_likelihood(log_density, xs, ys, mask=None) -> np.ndarray:
 def information_gain(log_density, baseline_log_density, xs, ys, mask=None) -> np.ndarray:
     """Information gain of each fixation over a baseline, in bits: ``(log p - log p_baseline) / ln 2``.
 
-    Both log densities (H, W) or (B, H, W) in nats with the same shape; xs, ys, mask (N,) or (B, N).
+    Both log densities (H, W) or (B, H, W) in nats with the same shape, each normalised (ValueError if
+    a map's |logsumexp| exceeds :data:`NORMALISATION_ATOL`); xs, ys, mask (N,) or (B, N).
     Returns (N,) or (B, N) bits/fixation, NaN at padded positions.
     """
     maps, batched = _maps("log_density", log_density)
     baseline, _ = _maps("baseline_log_density", baseline_log_density)
     _same_shape("log_density", maps, "baseline_log_density", baseline)
     xs, ys, mask = _fixations(xs, ys, mask, maps, batched)
+    check_normalised(maps if batched else maps[0], "log_density")
+    check_normalised(baseline if batched else baseline[0], "baseline_log_density")
     with jax.enable_x64(True):
         return _out(_information_gain_kernel(maps, baseline, xs, ys, mask), batched)
 

@@ -8,12 +8,14 @@ import math
 import re
 import threading
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter, zoom
 from scipy.special import logsumexp
 
-from deepgaze_jax import evaluation, metric_maps, metrics
+from deepgaze_jax import evaluation, likelihood, metric_maps, metrics
 from experiments import pysaliency_reference as ref
 
 ps = ref.pysaliency
@@ -465,3 +467,83 @@ def test_sim_optimal_map_beats_the_blurred_density_on_expected_sim_as_pysaliency
     blurred_sim = metric_maps.expected_sim(metric_maps.blurred_density_map(ld, sigma), ld, sigma, **held_out)  # the driver's default map
     assert ours_sim > blurred_sim + 0.02
     assert abs(ours_sim - theirs_sim) < 0.003
+
+
+# ---------------------------------------------------------------------------------------------------
+# Silent numbers (issue 15): unnormalised densities, near-constant maps, AUC-Judd's jitter stream.
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_likelihood_functions_refuse_a_log_density_that_is_not_normalised():
+    rng = np.random.default_rng(30)
+    ld, base = _log_density(rng), _log_density(rng, scale=0.5)
+    xs, ys = _fixations(rng, 20)
+    # 7 nats of extra mass would silently add 7 / ln 2 = 10.1 bits to every fixation.
+    with pytest.raises(ValueError, match=r"^log_density is not normalised: logsumexp 7 nats, need \|logsumexp\| <= 0\.001"):
+        metrics.log_likelihood(ld + 7, xs, ys)
+    with pytest.raises(ValueError, match=r"^log_density of image 1 is not normalised: logsumexp -7 nats"):
+        metrics.log_likelihood(np.stack([ld, ld - 7]), np.stack([xs, xs]), np.stack([ys, ys]))
+    with pytest.raises(ValueError, match=r"^baseline_log_density is not normalised: logsumexp 7 nats"):
+        metrics.information_gain(ld, base + 7, xs, ys)
+    with pytest.raises(ValueError, match=r"^log_density is not normalised: logsumexp 0\.0011 nats"):
+        metrics.information_gain(ld + 1.1e-3, base, xs, ys)
+    mask = np.ones((1, xs.size), bool)
+    with pytest.raises(ValueError, match=r"^log_density of image 0 is not normalised: logsumexp 7 nats"):
+        likelihood.log_likelihood(jnp.asarray(ld + 7)[None], xs[None], ys[None], mask)
+    # Inside the tolerance (float32 round-off): accepted, and the value is what it is.
+    near = ld + 0.9e-3
+    np.testing.assert_allclose(metrics.log_likelihood(near, xs, ys), metrics.log_likelihood(ld, xs, ys) + 0.9e-3 / math.log(2), atol=1e-12)
+    metrics.information_gain(near, base - 0.9e-3, xs, ys)
+    # Under tracing the check cannot run on the host: jit and grad still work (the model normalises).
+    bits, _ = jax.jit(likelihood.log_likelihood)(jnp.asarray(ld)[None], xs[None], ys[None], mask)
+    np.testing.assert_allclose(bits, [np.mean(metrics.log_likelihood(ld, xs, ys))], rtol=1e-5)
+    jax.grad(lambda l: likelihood.log_likelihood(l, xs[None], ys[None], mask)[0].sum())(jnp.asarray(ld)[None])
+
+
+def test_evaluate_and_the_shuffled_baseline_refuse_unnormalised_log_densities_naming_the_image():
+    rng = np.random.default_rng(31)
+    sizes = [(H, W), (20, 27)]
+    lds = [_log_density(rng, s) for s in sizes]
+    xs = np.concatenate([_fixations(rng, 10, s)[0] for s in sizes])
+    ys = np.concatenate([_fixations(rng, 10, s)[1] for s in sizes])
+    ns = np.repeat([0, 1], 10)
+    kwargs = dict(image_names=["a", "b"], sigma=2.0, canvas_multiple=32)
+    with pytest.raises(ValueError, match=r"^log density of image 1 \('b'\) is not normalised: logsumexp 7 nats"):
+        evaluation.evaluate([lds[0], lds[1] + 7], sizes, xs, ys, ns, **kwargs)
+    with pytest.raises(ValueError, match=r"^baseline log density of image 0 \('a'\) is not normalised: logsumexp -2\.5 nats"):
+        evaluation.evaluate(lds, sizes, xs, ys, ns, baseline_log_densities=[lds[0] - 2.5, lds[1]], **kwargs)
+    with pytest.raises(ValueError, match=r"^log density of image 1 is not normalised: logsumexp 7 nats"):
+        metric_maps.ShuffledBaseline.from_log_densities([lds[0], lds[1] + 7], (16, 16))
+    shuffled = metric_maps.ShuffledBaseline.from_log_densities(lds, (16, 16))
+    with pytest.raises(ValueError, match=r"^log_density is not normalised: logsumexp 7 nats"):
+        shuffled.log_density(lds[0] + 7)
+
+
+def test_the_evaluate_command_refuses_a_predictor_whose_densities_are_not_normalised(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from deepgaze_jax import cli
+    from deepgaze_jax import data as data_lib
+
+    rng = np.random.default_rng(32)
+    ld = _log_density(rng)
+    xs, ys = _fixations(rng, 10)
+
+    class Dataset:  # the two images (evaluate's shuffled baseline needs two) the command reads
+        sizes = np.array([[H, W], [H, W]])
+        images = [np.zeros((H, W, 3), np.uint8), np.ones((H, W, 3), np.uint8)]  # the second one scores 7 nats too much
+        image_ids = ["street", "beach"]
+        fixations = SimpleNamespace(x=np.r_[xs, xs], y=np.r_[ys, ys], image_index=np.repeat([0, 1], xs.size))
+
+        def __len__(self):
+            return 2
+
+    dataset = Dataset()
+    predictor = SimpleNamespace(log_density=lambda images: (ld + 7 * images[0, 0, 0, 0])[None], centerbias=lambda size: ld)
+    monkeypatch.setattr(cli, "_load_predictor", lambda args: predictor)
+    monkeypatch.setattr(data_lib, "load_fixation_csv", lambda *args, **kwargs: dataset)
+    assert cli.main(["evaluate", "--csv-dataset", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["deepgaze: error: log density of image 1 ('beach') is not normalised: logsumexp 7 nats, need |logsumexp| <= 0.001 "
+                   "(subtract the logsumexp over the pixels)"]
+    assert not (tmp_path / "out" / "metrics.json").exists()
