@@ -5,7 +5,7 @@ Conventions (shared across the project):
 * A log density is a float array ``(H, W)`` or ``(B, H, W)`` in nats, normalised so that logsumexp over
   the pixels is 0; the functions that need a density (log-likelihood, information gain) refuse one whose
   logsumexp is further than :data:`NORMALISATION_ATOL` from 0. A saliency map is any finite float array
-  of the same shapes.
+  of the same shapes; one whose range is within :data:`CONSTANT_RTOL` of its magnitude counts as constant.
 * Fixations are padded float arrays ``xs, ys`` of shape ``(N,)`` or ``(B, N)`` in 0-based pixel
   coordinates (x to the right, y down) with a boolean ``mask`` of the same shape marking real fixations.
   A fixation reads the pixel ``[int(y), int(x)]`` (truncation), as pysaliency does.
@@ -42,6 +42,14 @@ KLDIV_EPS = 2.2204e-16
 # 1e-3 / ln 2 = 0.0014 bits/fixation. A naive sequential float32 running sum errs by up to
 # 1e6 * 2^-24 = 0.06 (1.4e-3 measured at 768x1024) and is refused: renormalise such maps in float64.
 NORMALISATION_ATOL = 1e-3
+# A map whose range (max - min) is at most this fraction of its magnitude max(|max|, |min|) is constant
+# for the metrics that divide by its spread (NSS, CC) or normalise it to a density (KLDiv, SIM), as
+# pysaliency scores an exactly constant map. The FFT blur leaves a ripple of up to ~2e-15 of the value on
+# a constant map (measured from 24x32 to 1024x768 at sigma 2-35 px), whose correlation and NSS are noise
+# of any size (CC 1e-7 to 0.1); two different float32 values differ by at least 2^-24 = 6e-8 of their
+# magnitude. 1e-12 is 500 times the ripple and far below any real map's range. In float32 kernels it is
+# below the resolution, so there only exactly constant maps count.
+CONSTANT_RTOL = 1e-12
 
 BlurMode = Literal["reflect", "nearest", "constant", "mirror", "wrap"]
 # scipy.ndimage boundary modes -> numpy/jnp.pad modes with the same extension rule.
@@ -88,6 +96,11 @@ def _masked(maps: jax.Array, valid: jax.Array, kind: str) -> tuple[jax.Array, st
     """A term for :func:`_reduce_image`: the max or min of ``maps`` over the pixels where valid is 1."""
     big = jnp.finfo(maps.dtype).max
     return maps * valid + (valid - 1) * (big if kind == "max" else -big), kind
+
+
+def _near_constant(top: jax.Array, low: jax.Array) -> jax.Array:
+    """(B,) maxima and minima -> (B,) bool: the map's range is within :data:`CONSTANT_RTOL` of its magnitude."""
+    return top - low <= CONSTANT_RTOL * jnp.maximum(jnp.abs(top), jnp.abs(low))
 
 
 def _valid(maps: jax.Array, sizes: jax.Array) -> jax.Array:
@@ -301,7 +314,7 @@ def _nss_kernel(saliency_map, sizes, xs, ys, mask):
     total, top = _reduce_image((saliency_map * valid, "sum"), _masked(saliency_map, valid, "max"))
     mean = (total / count)[:, None, None]
     squares, low = _reduce_image((((saliency_map - mean) * valid) ** 2, "sum"), _masked(saliency_map, valid, "min"))
-    std = jnp.where(top == low, jnp.inf, jnp.sqrt(squares / count))  # a constant map scores 0 everywhere
+    std = jnp.where(_near_constant(top, low), jnp.inf, jnp.sqrt(squares / count))  # a constant map scores 0 everywhere
     values = (_gather(saliency_map, xs, ys, mask) - mean[:, :, 0]) / std[:, None]
     return jnp.where(mask, values, jnp.nan)
 
@@ -312,7 +325,8 @@ def _pair_metrics(map_1, map_2, sizes):
     CC: Pearson correlation; as pysaliency, 0 when only map_1 is constant, NaN when map_2 is.
     KLDiv and SIM compare the maps converted to densities as pysaliency's
     convert_saliency_map_to_density(minimum_value=0): shifted to minimum 0 when negative, divided by
-    the sum (uniform when the sum is 0); map_1 is the model, map_2 the empirical map.
+    the sum (uniform when the sum is 0 or the map is constant); map_1 is the model, map_2 the empirical
+    map. "Constant" is :func:`_near_constant`: round-off ripples score as the constant map they came from.
     """
     dtype = map_1.dtype
     valid = _valid(map_1, sizes)
@@ -326,16 +340,17 @@ def _pair_metrics(map_1, map_2, sizes):
     b = (map_2 - image(sum_2 / count)) * valid
     ab, aa, bb = _reduce_image((a * b, "sum"), (a * a, "sum"), (b * b, "sum"))
     cc = ab / jnp.sqrt(aa * bb)
-    cc = jnp.where(max_2 == min_2, jnp.nan, jnp.where(max_1 == min_1, 0.0, cc))
+    constant_1, constant_2 = _near_constant(max_1, min_1), _near_constant(max_2, min_2)
+    cc = jnp.where(constant_2, jnp.nan, jnp.where(constant_1, 0.0, cc))
 
-    def density(maps, total, minimum):
+    def density(maps, total, minimum, constant):
         # Shifting by -minimum adds count * -minimum to the sum (0 for the nonnegative maps of the driver).
         shift = jnp.minimum(minimum, 0)
         total = total - shift * count
         scale = jnp.where(total != 0, 1 / jnp.where(total != 0, total, 1), 0)
-        return jnp.where(image(total) != 0, (maps - image(shift)) * valid * image(scale), valid / image(count))
+        return jnp.where(image((total != 0) & ~constant), (maps - image(shift)) * valid * image(scale), valid / image(count))
 
-    p_model, p_emp = density(map_1, sum_1, min_1), density(map_2, sum_2, min_2)
+    p_model, p_emp = density(map_1, sum_1, min_1, constant_1), density(map_2, sum_2, min_2, constant_2)
     kl, sim = _reduce_image((p_emp * jnp.log(KLDIV_EPS + p_emp / (p_model + KLDIV_EPS)), "sum"), (jnp.minimum(p_model, p_emp), "sum"))
     return cc, kl, sim
 

@@ -547,3 +547,47 @@ def test_the_evaluate_command_refuses_a_predictor_whose_densities_are_not_normal
     assert err == ["deepgaze: error: log density of image 1 ('beach') is not normalised: logsumexp 7 nats, need |logsumexp| <= 0.001 "
                    "(subtract the logsumexp over the pixels)"]
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_near_constant_maps_score_as_pysaliency_scores_constant_ones():
+    rng = np.random.default_rng(33)
+    xs, ys = _fixations(rng, 30)
+    empirical = metrics.fixation_map(xs, ys, None, (H, W), 2.0)
+    uniform = np.full((H, W), 1.0 / (H * W))
+    blurred = metrics.gaussian_blur(uniform, 24.0)  # FFT round-off leaves a ripple of ~1e-15 of the value
+    assert blurred.max() != blurred.min() and (blurred.max() - blurred.min()) < 1e-14 * blurred.max()
+    assert ps_metrics.CC(uniform, empirical) == 0.0 and np.all(ps_metrics.NSS(uniform, xs, ys) == 0.0)
+    assert metrics.cc(blurred, empirical) == 0.0  # was -1.1e-4: the correlation of the ripple
+    assert np.all(metrics.nss(blurred, xs, ys) == 0.0)  # was up to 1.04: the ripple in units of its own std
+    with np.errstate(invalid="ignore", divide="ignore"):  # pysaliency divides 0 by 0 for a constant empirical map
+        assert np.isnan(metrics.cc(empirical, blurred)) and np.isnan(ps_metrics.CC(empirical, uniform))
+    np.testing.assert_allclose(metrics.kl_div(blurred, empirical), ps_metrics.MIT_KLDiv(uniform, empirical), atol=1e-12)
+    np.testing.assert_allclose(metrics.sim(blurred, empirical), ps_metrics.SIM(uniform, empirical), atol=1e-12)
+    np.testing.assert_allclose(metrics.kl_div(empirical, -blurred), ps_metrics.MIT_KLDiv(empirical, -uniform), atol=1e-12)
+    np.testing.assert_allclose(metrics.sim(-blurred, empirical), ps_metrics.SIM(-uniform, empirical), atol=1e-12)
+    # A map whose relative range (1e-9) is far above round-off is a map, scored as before.
+    wavy = 1 + 1e-9 * rng.normal(size=(H, W))
+    np.testing.assert_allclose(metrics.cc(wavy, empirical), ps_metrics.CC(wavy, empirical), atol=TOL)
+    np.testing.assert_allclose(metrics.nss(wavy, xs, ys), ps_metrics.NSS(wavy, xs, ys), atol=TOL)
+    assert abs(float(metrics.cc(wavy, empirical))) > 1e-3
+
+
+def test_evaluate_scores_a_uniform_prediction_as_pysaliency_scores_it():
+    rng = np.random.default_rng(34)
+    sizes = [(H, W), (20, 27)]
+    lds = [np.full(s, -math.log(s[0] * s[1])) for s in sizes]
+    xs = np.concatenate([_fixations(rng, 12, s)[0] for s in sizes])
+    ys = np.concatenate([_fixations(rng, 12, s)[1] for s in sizes])
+    ns = np.repeat([0, 1], 12)
+    sigma = 24.0  # wider than the images: the blur's FFT round-off is largest relative to the map
+    result = evaluation.evaluate(lds, sizes, xs, ys, ns, sigma=sigma, canvas_multiple=32)
+    stimuli, fixations = ref.make_stimuli(sizes), ref.make_fixations(xs, ys, ns)
+    blurred = ps.saliency_map_models.BluringSaliencyMapModel(
+        ps.saliency_map_models.DensitySaliencyMapModel(ref.ArrayModel(lambda n: lds[n])), sigma, mode="reflect")
+    empirical = ps.FixationMap(stimuli, fixations, kernel_size=sigma)
+    np.testing.assert_array_equal(result.per_image["CC"], [0.0, 0.0])  # was 9e-5 and -1e-3
+    np.testing.assert_array_equal(blurred.CCs(stimuli, empirical), [0.0, 0.0])
+    np.testing.assert_array_equal(result.per_image["NSS"], [0.0, 0.0])
+    np.testing.assert_allclose(result.per_image["SIM"], blurred.SIMs(stimuli, empirical), atol=1e-12)
+    kl = blurred.KLDivs(stimuli, empirical, minimum_value=0, log_regularization=metrics.KLDIV_EPS, quotient_regularization=metrics.KLDIV_EPS)
+    np.testing.assert_allclose(result.per_image["KLDiv"], kl, atol=1e-12)
