@@ -295,8 +295,9 @@ def evaluate(
         CPU time per 768x1024 image (9 min wall measured on a busy 2-core machine).
     out_dir: if given, writes ``metrics.json`` and ``metrics.md`` there.
 
-    AUC-Judd is computed without pysaliency's default 1e-7 jitter (pass ``jitter=`` to
-    :func:`metrics.auc_judd` to add it).
+    AUC-Judd is computed without jitter. pysaliency's ``AUC_Judd`` jitters by default: one
+    ``RandomState(42)`` per call, ``randn(H, W) * 1e-7`` added to each image's map in dataset order from
+    that one stream; :func:`metrics.auc_judd` reproduces it (``jitter=True`` or a shared RandomState).
     """
     if sim_map not in SIM_MAPS:
         raise ValueError(f"sim_map must be one of {sorted(SIM_MAPS)}, got {sim_map!r}")

@@ -723,16 +723,37 @@ def shuffled_auc(saliency_map, xs, ys, mask, image_index, image_sizes, fixation_
     return auc_against(maps[0], xs, ys, mask, neg_xs, neg_ys, None)
 
 
-def auc_judd(saliency_map, xs, ys, mask=None, *, jitter: float | np.ndarray | None = None) -> np.ndarray:
+def auc_judd(
+    saliency_map, xs, ys, mask=None, *, jitter: bool | np.random.RandomState | np.ndarray | None = None,
+    noise_size: float = 1e-7,
+) -> np.ndarray:
     """AUC-Judd per image (pysaliency ``AUC_Judd``): thresholds at fixated values, negatives = unfixated pixels.
 
-    saliency_map: (H, W) or (B, H, W); xs, ys, mask (N,) or (B, N). ``jitter``: optional noise added to
-    the map first (an array of the map's shape). pysaliency adds ``1e-7 * RandomState(42).randn(H, W)``
-    per image by default; pass that array to reproduce it, or None for no jitter.
-    Returns () or (B,) in [0, 1].
+    saliency_map: (H, W) or (B, H, W); xs, ys, mask (N,) or (B, N). Returns () or (B,) in [0, 1].
+
+    ``jitter``: noise added to the map first, to break ties. pysaliency's ``AUC_Judd`` jitters by
+    default: it makes one ``numpy.random.RandomState(42)`` per call and, for each image with fixations
+    in dataset order, adds ``randn(H, W) * noise_size`` (noise_size 1e-7) drawn from that one stream, so
+    image n's noise depends on the sizes of the images before it.
+
+    * None or False: no jitter (the default here, and what :func:`deepgaze_jax.evaluation.evaluate` uses).
+    * True: that stream for the images of the batch in batch order: a fresh ``RandomState(42)``, then
+      ``randn(H, W) * noise_size`` image after image. A batch scores as pysaliency's ``AUC_Judd`` on the
+      same images in the same order.
+    * a ``numpy.random.RandomState``: draw the noise from it, image after image, advancing it. Make
+      ``RandomState(42)`` once and pass it to the calls for the images of a dataset in order (skipping
+      images without fixations, for which pysaliency draws nothing) to reproduce pysaliency on datasets
+      of mixed image sizes.
+    * an array of the map's shape: added as given.
     """
     maps, batched = _maps("saliency_map", saliency_map)
-    if jitter is not None:
+    if isinstance(jitter, (bool, np.bool_)):
+        jitter = np.random.RandomState(42) if jitter else None
+    if isinstance(jitter, np.random.RandomState):
+        maps = maps + np.stack([jitter.randn(*maps.shape[1:]) * noise_size for _ in range(maps.shape[0])])
+    elif jitter is not None:
+        if isinstance(jitter, np.random.Generator) or np.ndim(jitter) not in (2, 3):
+            raise ValueError(f"jitter must be None, a bool, a numpy RandomState or an array of the map's shape, got {type(jitter).__name__}")
         noise, _ = _maps("jitter", jitter)
         _same_shape("saliency_map", maps, "jitter", noise)
         maps = maps + noise

@@ -591,3 +591,41 @@ def test_evaluate_scores_a_uniform_prediction_as_pysaliency_scores_it():
     np.testing.assert_allclose(result.per_image["SIM"], blurred.SIMs(stimuli, empirical), atol=1e-12)
     kl = blurred.KLDivs(stimuli, empirical, minimum_value=0, log_regularization=metrics.KLDIV_EPS, quotient_regularization=metrics.KLDIV_EPS)
     np.testing.assert_allclose(result.per_image["KLDiv"], kl, atol=1e-12)
+
+
+def test_auc_judd_jitter_continues_one_random_state_across_images_as_pysaliency():
+    """pysaliency's AUC_Judd makes one RandomState(42) per call and draws randn(H, W) * 1e-7 for each
+    image with fixations, in image order. Tolerance 1e-9, not TOL: both sides are float64 sums of a few
+    trapezoids (they agree to ~1e-15), and one jittered pixel crossing a threshold moves AUC-Judd by
+    1 / (#negatives * #fixations), ~3e-8 on a 768x1024 image, which 1e-6 could not see."""
+    rng = np.random.default_rng(35)
+    sizes = [(H, W), (20, 27), (H, W), (H, W)]  # image 2 has no fixations: pysaliency draws nothing for it
+    # Densities with ties and values ~1e-3: the 1e-7 jitter reorders the tied pixels.
+    smaps = [np.round(np.exp(_log_density(rng, s)) * 2e3) / 2e6 for s in sizes]
+    parts = [_fixations(rng, int(rng.integers(10, 30)), s) for s in sizes]
+    ns = np.concatenate([np.full(p[0].size, n) for n, p in enumerate(parts) if n != 2])
+    xs = np.concatenate([p[0] for n, p in enumerate(parts) if n != 2])
+    ys = np.concatenate([p[1] for n, p in enumerate(parts) if n != 2])
+    stimuli, fixations = ref.make_stimuli(sizes), ref.make_fixations(xs, ys, ns)
+    model = ref.ArraySaliencyMapModel(lambda n: smaps[n])
+    jittered = ps.saliency_map_models.RandomNoiseSaliencyMapModel(model, noise_size=1e-7, random_seed=42)
+    expected = np.asarray(jittered.AUC_per_image(stimuli, fixations, nonfixations="unfixated", thresholds="fixations"))
+    assert np.isnan(expected[2])
+    rs = np.random.RandomState(42)  # one stream, continued across calls in image order
+    ours = [float(metrics.auc_judd(smaps[n], xs[ns == n], ys[ns == n], jitter=rs)) for n in (0, 1, 3)]
+    np.testing.assert_allclose(ours, expected[[0, 1, 3]], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(np.mean(ours), model.AUC_Judd(stimuli, fixations), rtol=0, atol=1e-9)  # its default: jitter=True
+    # jitter=True on a batch: a fresh RandomState(42) drawn image after image, as AUC_Judd on those images.
+    same = [0, 3]
+    batch = metrics.auc_judd(np.stack([smaps[n] for n in same]), np.stack([xs[ns == n][:10] for n in same]),
+                             np.stack([ys[ns == n][:10] for n in same]), jitter=True)
+    keep = np.isin(ns, same) & (np.concatenate([np.arange((ns == n).sum()) for n in (0, 1, 3)]) < 10)
+    sub = ref.make_fixations(xs[keep], ys[keep], np.searchsorted(same, ns[keep]))
+    sub_model = ref.ArraySaliencyMapModel(lambda n: smaps[same[n]])
+    sub_expected = ps.saliency_map_models.RandomNoiseSaliencyMapModel(sub_model, noise_size=1e-7, random_seed=42).AUC_per_image(
+        ref.make_stimuli([sizes[n] for n in same]), sub, nonfixations="unfixated", thresholds="fixations")
+    np.testing.assert_allclose(batch, sub_expected, rtol=0, atol=1e-9)
+    unjittered = [float(metrics.auc_judd(smaps[n], xs[ns == n], ys[ns == n])) for n in (0, 1, 3)]
+    assert np.max(np.abs(np.subtract(ours, unjittered))) > 1e-6  # the jitter matters here
+    with pytest.raises(ValueError, match=r"^jitter must be None, a bool, a numpy RandomState or an array of the map's shape, got float$"):
+        metrics.auc_judd(SMAP, [1.0], [1.0], jitter=1e-7)
