@@ -603,6 +603,8 @@ def check_normalised(log_density, name: str = "log_density") -> None:
     Runs on the host, once per map (a few ms for 768x1024), outside the jitted kernels.
     """
     maps = np.asarray(log_density)
+    if maps.ndim not in (2, 3):
+        raise ValueError(f"{name} must have shape (H, W) or (B, H, W), got {maps.shape}")
     batched = maps.ndim == 3
     lse = _logsumexp_host(maps if batched else maps[None])
     bad = np.flatnonzero(~(np.abs(lse) <= NORMALISATION_ATOL))
