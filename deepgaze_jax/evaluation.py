@@ -133,12 +133,18 @@ def _getter(log_densities: LogDensities) -> Callable[[int], np.ndarray]:
     return lambda n: log_densities[n]
 
 
-def _load(get: Callable[[int], np.ndarray], n: int, size: tuple[int, int], what: str) -> np.ndarray:
+def _load(get: Callable[[int], np.ndarray], n: int, size: tuple[int, int], what: str, name: str | None = None) -> np.ndarray:
+    """Image n's map from ``get``, checked: shape, finite and, when the image's ``name`` is given,
+    normalised (|logsumexp| <= :data:`metrics.NORMALISATION_ATOL`; the error names the image)."""
     arr = np.asarray(get(n), dtype=np.float64)
     if arr.shape != size:
         raise ValueError(f"{what} of image {n} has shape {arr.shape}, the image is {size}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{what} of image {n} contains NaN or infinity")
+    if name is not None:
+        (lse,) = metrics._logsumexp_host(arr[None])
+        if not abs(lse) <= metrics.NORMALISATION_ATOL:
+            raise metrics.normalisation_error(f"{what} of image {n} ({name!r})", float(lse))
     return arr
 
 
@@ -269,6 +275,8 @@ def evaluate(
 
     log_densities: per image n, the model's log density (H_n, W_n) in nats, logsumexp 0; a sequence or
         a callable ``n -> array``. It is read twice (the shuffled baseline for sAUC needs a first pass).
+        A map whose |logsumexp| exceeds :data:`metrics.NORMALISATION_ATOL` raises ValueError naming the
+        image (checked on the first read; the baseline's on its only read).
     image_sizes: (n_images,) of (H, W). fixation_xs, fixation_ys: (F,) 0-based pixel coordinates of all
         fixations of the dataset; fixation_image_index: (F,) int, the image of each fixation.
     baseline_log_densities: optional, like ``log_densities``; adds IG (bits/fixation) over it.
@@ -287,8 +295,9 @@ def evaluate(
         CPU time per 768x1024 image (9 min wall measured on a busy 2-core machine).
     out_dir: if given, writes ``metrics.json`` and ``metrics.md`` there.
 
-    AUC-Judd is computed without pysaliency's default 1e-7 jitter (pass ``jitter=`` to
-    :func:`metrics.auc_judd` to add it).
+    AUC-Judd is computed without jitter. pysaliency's ``AUC_Judd`` jitters by default: one
+    ``RandomState(42)`` per call, ``randn(H, W) * 1e-7`` added to each image's map in dataset order from
+    that one stream; :func:`metrics.auc_judd` reproduces it (``jitter=True`` or a shared RandomState).
     """
     if sim_map not in SIM_MAPS:
         raise ValueError(f"sim_map must be one of {sorted(SIM_MAPS)}, got {sim_map!r}")
@@ -331,12 +340,12 @@ def evaluate(
         groups.setdefault(canvas, []).append(n)
     batches = [(canvas, idx[i : i + batch_size]) for canvas, idx in groups.items() for i in range(0, len(idx), batch_size)]
 
-    def canvas_batch(canvas, idx, getter, what):
-        # Padded batch slots repeat the first image (see batch_sizes).
+    def canvas_batch(canvas, idx, getter, what, check):
+        # Padded batch slots repeat the first image (see batch_sizes). check: test the normalisation.
         arr = np.zeros((batch_size, *canvas))
         for b, n in enumerate(idx):
             h, w = sizes[n]
-            arr[b, :h, :w] = _load(getter, n, (int(h), int(w)), what)
+            arr[b, :h, :w] = _load(getter, n, (int(h), int(w)), what, names[n] if check else None)
         arr[len(idx) :] = arr[0]
         return arr
 
@@ -354,7 +363,7 @@ def evaluate(
     def load1(item):
         canvas, idx = item
         _, bsizes = batch_sizes(idx)
-        arr = canvas_batch(canvas, idx, get, "log density")
+        arr = canvas_batch(canvas, idx, get, "log density", True)
         weights = np.zeros(batch_size)
         weights[: len(idx)] = 1
         return arr, bsizes, weights
@@ -377,8 +386,8 @@ def evaluate(
     def load2(item):
         canvas, idx = item
         full, bsizes = batch_sizes(idx)
-        arr = canvas_batch(canvas, idx, get, "log density")
-        base = None if get_baseline is None else canvas_batch(canvas, idx, get_baseline, "baseline log density")
+        arr = canvas_batch(canvas, idx, get, "log density", False)  # checked on the first pass
+        base = None if get_baseline is None else canvas_batch(canvas, idx, get_baseline, "baseline log density", True)
         # Fixations (B, n_pad), then negatives (B, F): one array, one sAUC map lookup (see _sauc_values_kernel).
         all_xs = np.zeros((batch_size, n_pad + xs_all.size))
         all_ys = np.zeros((batch_size, n_pad + xs_all.size))

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepgaze_jax import metrics
+
 LN2 = float(np.log(2.0))
 
 
@@ -27,11 +29,18 @@ def _per_image(log_density: jax.Array, xs: jax.Array, ys: jax.Array, mask: jax.A
 
 
 @jax.jit
+def _log_likelihood_kernel(log_density, xs, ys, mask):
+    return jax.vmap(_per_image)(log_density, xs, ys, mask)
+
+
 def log_likelihood(log_density: jax.Array, xs: jax.Array, ys: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-image mean log-likelihood of fixations.
 
     Args:
-      log_density: ``(B, H, W)`` log densities in nats.
+      log_density: ``(B, H, W)`` log densities in nats, each normalised: a concrete array whose
+        |logsumexp| exceeds :data:`deepgaze_jax.metrics.NORMALISATION_ATOL` for some image raises
+        ValueError. The check runs on the host, so under ``jax.jit`` or ``jax.grad`` tracing it is
+        skipped (call :func:`deepgaze_jax.metrics.check_normalised` outside).
       xs, ys: ``(B, N)`` fixation coordinates in pixels.
       mask: ``(B, N)`` bool, True for real fixations.
 
@@ -39,7 +48,9 @@ def log_likelihood(log_density: jax.Array, xs: jax.Array, ys: jax.Array, mask: j
       ``(B,)`` bits per fixation relative to uniform (0 for an image without fixations) and
       ``(B,)`` fixation counts.
     """
-    return jax.vmap(_per_image)(log_density, xs, ys, mask)
+    if not isinstance(log_density, jax.core.Tracer):
+        metrics.check_normalised(log_density, "log_density")
+    return _log_likelihood_kernel(log_density, xs, ys, mask)
 
 
 def average(per_image: jax.Array, counts: jax.Array, per: str = "fixation") -> jax.Array:

@@ -157,17 +157,21 @@ class ShuffledBaseline:
     def from_log_densities(
         cls, log_densities: Iterable[np.ndarray], compute_size: tuple[int, int] = DEFAULT_COMPUTE_SIZE
     ) -> "ShuffledBaseline":
-        """One pass over the (H_n, W_n) log densities of all images of the dataset, in nats."""
+        """One pass over the (H_n, W_n) log densities of all images of the dataset, in nats, each
+        normalised (ValueError naming the image otherwise, see :func:`metrics.check_normalised`)."""
         total = np.zeros(compute_size)
         count = 0
         for n, log_density in enumerate(log_densities):
-            metrics._maps(f"log density of image {n}", log_density)
+            maps, _ = metrics._maps(f"log density of image {n}", log_density)
+            metrics.check_normalised(maps[0], f"log density of image {n}")
             total += np.exp(resize_log_density(log_density, compute_size))
             count += 1
         return cls(total, count, compute_size)
 
     def log_density(self, log_density) -> np.ndarray:
-        """Baseline for the image whose own prediction is ``log_density`` (H, W), nats -> (H, W), nats."""
+        """Baseline for the image whose own prediction is ``log_density`` (H, W), nats, normalised -> (H, W), nats."""
+        maps, _ = metrics._maps("log_density", log_density)
+        metrics.check_normalised(maps[0], "log_density")
         own = np.exp(resize_log_density(log_density, self.compute_size))
         n = self.count
         others = np.log(np.exp(self.average_log_density) * (n / (n - 1)) - own / (n - 1))

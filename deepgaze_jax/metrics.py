@@ -3,7 +3,9 @@
 Conventions (shared across the project):
 
 * A log density is a float array ``(H, W)`` or ``(B, H, W)`` in nats, normalised so that logsumexp over
-  the pixels is 0. A saliency map is any finite float array of the same shapes.
+  the pixels is 0; the functions that need a density (log-likelihood, information gain) refuse one whose
+  logsumexp is further than :data:`NORMALISATION_ATOL` from 0. A saliency map is any finite float array
+  of the same shapes; one whose range is within :data:`CONSTANT_RTOL` of its magnitude counts as constant.
 * Fixations are padded float arrays ``xs, ys`` of shape ``(N,)`` or ``(B, N)`` in 0-based pixel
   coordinates (x to the right, y down) with a boolean ``mask`` of the same shape marking real fixations.
   A fixation reads the pixel ``[int(y), int(x)]`` (truncation), as pysaliency does.
@@ -12,8 +14,9 @@ Conventions (shared across the project):
   :func:`mean_per_image`.
 
 Every public function validates its inputs (finite maps, matching shapes, non-empty fixation sets,
-fixations inside the map) and raises ``ValueError`` naming the problem, then calls a pure jitted kernel
-(the ``_*_kernel`` functions), vectorised over images and fixations. The public functions compute in
+fixations inside the map, normalised log densities) on the host and raises ``ValueError`` naming the
+problem, then calls a pure jitted kernel (the ``_*_kernel`` functions), vectorised over images and
+fixations. The public functions compute in
 float64 (under ``jax.enable_x64``) so that they agree with pysaliency to far better than 1e-6; the
 kernels themselves follow the dtype they are given and can be used inside other jitted code.
 """
@@ -31,6 +34,22 @@ import numpy as np
 LN2 = math.log(2.0)
 # The MIT/Tuebingen benchmark's regularisation constant for KLDiv (MATLAB's eps, as pysaliency writes it).
 KLDIV_EPS = 2.2204e-16
+# How far from 0 a log density's logsumexp may be, in nats. Producers normalise in float32: each stored
+# log value is rounded to 2^-24 of its size (< 2e-6 nats for |log p| < 30), and the pairwise or tree
+# sums of numpy, XLA and torch over ~1e6 float32 terms err by at most ~log2(1e6) * 2^-24 = 1.2e-6
+# (measured at 768x1024: 4e-8 to 5e-7 nats for this project's model, its center bias and
+# jax.nn.logsumexp). 1e-3 is ~1000 times that, and an accepted map moves LL and IG by at most
+# 1e-3 / ln 2 = 0.0014 bits/fixation. A naive sequential float32 running sum errs by up to
+# 1e6 * 2^-24 = 0.06 (1.4e-3 measured at 768x1024) and is refused: renormalise such maps in float64.
+NORMALISATION_ATOL = 1e-3
+# A map whose range (max - min) is at most this fraction of its magnitude max(|max|, |min|) is constant
+# for the metrics that divide by its spread (NSS, CC) or normalise it to a density (KLDiv, SIM), as
+# pysaliency scores an exactly constant map. The FFT blur leaves a ripple of up to ~2e-15 of the value on
+# a constant map (measured from 24x32 to 1024x768 at sigma 2-35 px), whose correlation and NSS are noise
+# of any size (CC 1e-7 to 0.1); two different float32 values differ by at least 2^-24 = 6e-8 of their
+# magnitude. 1e-12 is 500 times the ripple and far below any real map's range. In float32 kernels it is
+# below the resolution, so there only exactly constant maps count.
+CONSTANT_RTOL = 1e-12
 
 BlurMode = Literal["reflect", "nearest", "constant", "mirror", "wrap"]
 # scipy.ndimage boundary modes -> numpy/jnp.pad modes with the same extension rule.
@@ -77,6 +96,11 @@ def _masked(maps: jax.Array, valid: jax.Array, kind: str) -> tuple[jax.Array, st
     """A term for :func:`_reduce_image`: the max or min of ``maps`` over the pixels where valid is 1."""
     big = jnp.finfo(maps.dtype).max
     return maps * valid + (valid - 1) * (big if kind == "max" else -big), kind
+
+
+def _near_constant(top: jax.Array, low: jax.Array) -> jax.Array:
+    """(B,) maxima and minima -> (B,) bool: the map's range is within :data:`CONSTANT_RTOL` of its magnitude."""
+    return top - low <= CONSTANT_RTOL * jnp.maximum(jnp.abs(top), jnp.abs(low))
 
 
 def _valid(maps: jax.Array, sizes: jax.Array) -> jax.Array:
@@ -290,7 +314,7 @@ def _nss_kernel(saliency_map, sizes, xs, ys, mask):
     total, top = _reduce_image((saliency_map * valid, "sum"), _masked(saliency_map, valid, "max"))
     mean = (total / count)[:, None, None]
     squares, low = _reduce_image((((saliency_map - mean) * valid) ** 2, "sum"), _masked(saliency_map, valid, "min"))
-    std = jnp.where(top == low, jnp.inf, jnp.sqrt(squares / count))  # a constant map scores 0 everywhere
+    std = jnp.where(_near_constant(top, low), jnp.inf, jnp.sqrt(squares / count))  # a constant map scores 0 everywhere
     values = (_gather(saliency_map, xs, ys, mask) - mean[:, :, 0]) / std[:, None]
     return jnp.where(mask, values, jnp.nan)
 
@@ -301,7 +325,8 @@ def _pair_metrics(map_1, map_2, sizes):
     CC: Pearson correlation; as pysaliency, 0 when only map_1 is constant, NaN when map_2 is.
     KLDiv and SIM compare the maps converted to densities as pysaliency's
     convert_saliency_map_to_density(minimum_value=0): shifted to minimum 0 when negative, divided by
-    the sum (uniform when the sum is 0); map_1 is the model, map_2 the empirical map.
+    the sum (uniform when the sum is 0 or the map is constant); map_1 is the model, map_2 the empirical
+    map. "Constant" is :func:`_near_constant`: round-off ripples score as the constant map they came from.
     """
     dtype = map_1.dtype
     valid = _valid(map_1, sizes)
@@ -315,16 +340,17 @@ def _pair_metrics(map_1, map_2, sizes):
     b = (map_2 - image(sum_2 / count)) * valid
     ab, aa, bb = _reduce_image((a * b, "sum"), (a * a, "sum"), (b * b, "sum"))
     cc = ab / jnp.sqrt(aa * bb)
-    cc = jnp.where(max_2 == min_2, jnp.nan, jnp.where(max_1 == min_1, 0.0, cc))
+    constant_1, constant_2 = _near_constant(max_1, min_1), _near_constant(max_2, min_2)
+    cc = jnp.where(constant_2, jnp.nan, jnp.where(constant_1, 0.0, cc))
 
-    def density(maps, total, minimum):
+    def density(maps, total, minimum, constant):
         # Shifting by -minimum adds count * -minimum to the sum (0 for the nonnegative maps of the driver).
         shift = jnp.minimum(minimum, 0)
         total = total - shift * count
         scale = jnp.where(total != 0, 1 / jnp.where(total != 0, total, 1), 0)
-        return jnp.where(image(total) != 0, (maps - image(shift)) * valid * image(scale), valid / image(count))
+        return jnp.where(image((total != 0) & ~constant), (maps - image(shift)) * valid * image(scale), valid / image(count))
 
-    p_model, p_emp = density(map_1, sum_1, min_1), density(map_2, sum_2, min_2)
+    p_model, p_emp = density(map_1, sum_1, min_1, constant_1), density(map_2, sum_2, min_2, constant_2)
     kl, sim = _reduce_image((p_emp * jnp.log(KLDIV_EPS + p_emp / (p_model + KLDIV_EPS)), "sum"), (jnp.minimum(p_model, p_emp), "sum"))
     return cc, kl, sim
 
@@ -556,6 +582,37 @@ def _fixations(xs, ys, mask, maps: np.ndarray, batched: bool, name: str = "fixat
     return np.where(mask, xs, 0.0), np.where(mask, ys, 0.0), mask
 
 
+def _logsumexp_host(maps: np.ndarray) -> np.ndarray:
+    """(B, H, W) -> (B,) logsumexp over each image, on the host. The exponentials are float32 (summed
+    in float64): ~1e-7 nats of error, plenty for a check at 1e-3, three times faster than float64."""
+    peak = maps.max(axis=(1, 2), keepdims=True)
+    terms = np.exp((maps - peak).astype(np.float32))
+    return peak[:, 0, 0].astype(np.float64) + np.log(terms.sum(axis=(1, 2), dtype=np.float64))
+
+
+def normalisation_error(what: str, logsumexp: float) -> ValueError:
+    """The one-line error for a log density ``what`` whose logsumexp (nats) is off."""
+    return ValueError(f"{what} is not normalised: logsumexp {logsumexp:.4g} nats, need |logsumexp| <= "
+                      f"{NORMALISATION_ATOL:g} (subtract the logsumexp over the pixels)")
+
+
+def check_normalised(log_density, name: str = "log_density") -> None:
+    """Raise ValueError unless each map of ``log_density`` ((H, W) or (B, H, W), nats) has
+    ``|logsumexp| <= NORMALISATION_ATOL`` over its pixels; the error names the map and its logsumexp.
+
+    Runs on the host, once per map (a few ms for 768x1024), outside the jitted kernels.
+    """
+    maps = np.asarray(log_density)
+    if maps.ndim not in (2, 3):
+        raise ValueError(f"{name} must have shape (H, W) or (B, H, W), got {maps.shape}")
+    batched = maps.ndim == 3
+    lse = _logsumexp_host(maps if batched else maps[None])
+    bad = np.flatnonzero(~(np.abs(lse) <= NORMALISATION_ATOL))
+    if bad.size:
+        b = int(bad[0])
+        raise normalisation_error(f"{name} of image {b}" if batched else name, float(lse[b]))
+
+
 def _full_sizes(maps: np.ndarray) -> np.ndarray:
     return np.tile(np.array(maps.shape[1:], np.int32), (maps.shape[0], 1))
 
@@ -573,11 +630,13 @@ def _out(values, batched: bool) -> np.ndarray:
 def log_likelihood(log_density, xs, ys, mask=None) -> np.ndarray:
     """Log-likelihood of each fixation in bits, relative to the uniform model.
 
-    ``(log p[int(y), int(x)] + log(H*W)) / ln 2``. log_density: (H, W) or (B, H, W), nats, normalised.
-    xs, ys, mask: (N,) or (B, N). Returns (N,) or (B, N) bits/fixation, NaN at padded positions.
+    ``(log p[int(y), int(x)] + log(H*W)) / ln 2``. log_density: (H, W) or (B, H, W), nats, normalised
+    (ValueError if a map's |logsumexp| exceeds :data:`NORMALISATION_ATOL`). xs, ys, mask: (N,) or (B, N).
+    Returns (N,) or (B, N) bits/fixation, NaN at padded positions.
     """
     maps, batched = _maps("log_density", log_density)
     xs, ys, mask = _fixations(xs, ys, mask, maps, batched)
+    check_normalised(maps if batched else maps[0], "log_density")
     with jax.enable_x64(True):
         return _out(_log_likelihood_kernel(maps, _full_sizes(maps), xs, ys, mask), batched)
 
@@ -585,13 +644,16 @@ def log_likelihood(log_density, xs, ys, mask=None) -> np.ndarray:
 def information_gain(log_density, baseline_log_density, xs, ys, mask=None) -> np.ndarray:
     """Information gain of each fixation over a baseline, in bits: ``(log p - log p_baseline) / ln 2``.
 
-    Both log densities (H, W) or (B, H, W) in nats with the same shape; xs, ys, mask (N,) or (B, N).
+    Both log densities (H, W) or (B, H, W) in nats with the same shape, each normalised (ValueError if
+    a map's |logsumexp| exceeds :data:`NORMALISATION_ATOL`); xs, ys, mask (N,) or (B, N).
     Returns (N,) or (B, N) bits/fixation, NaN at padded positions.
     """
     maps, batched = _maps("log_density", log_density)
     baseline, _ = _maps("baseline_log_density", baseline_log_density)
     _same_shape("log_density", maps, "baseline_log_density", baseline)
     xs, ys, mask = _fixations(xs, ys, mask, maps, batched)
+    check_normalised(maps if batched else maps[0], "log_density")
+    check_normalised(baseline if batched else baseline[0], "baseline_log_density")
     with jax.enable_x64(True):
         return _out(_information_gain_kernel(maps, baseline, xs, ys, mask), batched)
 
@@ -663,16 +725,37 @@ def shuffled_auc(saliency_map, xs, ys, mask, image_index, image_sizes, fixation_
     return auc_against(maps[0], xs, ys, mask, neg_xs, neg_ys, None)
 
 
-def auc_judd(saliency_map, xs, ys, mask=None, *, jitter: float | np.ndarray | None = None) -> np.ndarray:
+def auc_judd(
+    saliency_map, xs, ys, mask=None, *, jitter: bool | np.random.RandomState | np.ndarray | None = None,
+    noise_size: float = 1e-7,
+) -> np.ndarray:
     """AUC-Judd per image (pysaliency ``AUC_Judd``): thresholds at fixated values, negatives = unfixated pixels.
 
-    saliency_map: (H, W) or (B, H, W); xs, ys, mask (N,) or (B, N). ``jitter``: optional noise added to
-    the map first (an array of the map's shape). pysaliency adds ``1e-7 * RandomState(42).randn(H, W)``
-    per image by default; pass that array to reproduce it, or None for no jitter.
-    Returns () or (B,) in [0, 1].
+    saliency_map: (H, W) or (B, H, W); xs, ys, mask (N,) or (B, N). Returns () or (B,) in [0, 1].
+
+    ``jitter``: noise added to the map first, to break ties. pysaliency's ``AUC_Judd`` jitters by
+    default: it makes one ``numpy.random.RandomState(42)`` per call and, for each image with fixations
+    in dataset order, adds ``randn(H, W) * noise_size`` (noise_size 1e-7) drawn from that one stream, so
+    image n's noise depends on the sizes of the images before it.
+
+    * None or False: no jitter (the default here, and what :func:`deepgaze_jax.evaluation.evaluate` uses).
+    * True: that stream for the images of the batch in batch order: a fresh ``RandomState(42)``, then
+      ``randn(H, W) * noise_size`` image after image. A batch scores as pysaliency's ``AUC_Judd`` on the
+      same images in the same order.
+    * a ``numpy.random.RandomState``: draw the noise from it, image after image, advancing it. Make
+      ``RandomState(42)`` once and pass it to the calls for the images of a dataset in order (skipping
+      images without fixations, for which pysaliency draws nothing) to reproduce pysaliency on datasets
+      of mixed image sizes.
+    * an array of the map's shape: added as given.
     """
     maps, batched = _maps("saliency_map", saliency_map)
-    if jitter is not None:
+    if isinstance(jitter, (bool, np.bool_)):
+        jitter = np.random.RandomState(42) if jitter else None
+    if isinstance(jitter, np.random.RandomState):
+        maps = maps + np.stack([jitter.randn(*maps.shape[1:]) * noise_size for _ in range(maps.shape[0])])
+    elif jitter is not None:
+        if isinstance(jitter, np.random.Generator) or np.ndim(jitter) not in (2, 3):
+            raise ValueError(f"jitter must be None, a bool, a numpy RandomState or an array of the map's shape, got {type(jitter).__name__}")
         noise, _ = _maps("jitter", jitter)
         _same_shape("saliency_map", maps, "jitter", noise)
         maps = maps + noise

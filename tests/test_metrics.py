@@ -8,12 +8,14 @@ import math
 import re
 import threading
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter, zoom
 from scipy.special import logsumexp
 
-from deepgaze_jax import evaluation, metric_maps, metrics
+from deepgaze_jax import evaluation, likelihood, metric_maps, metrics
 from experiments import pysaliency_reference as ref
 
 ps = ref.pysaliency
@@ -465,3 +467,165 @@ def test_sim_optimal_map_beats_the_blurred_density_on_expected_sim_as_pysaliency
     blurred_sim = metric_maps.expected_sim(metric_maps.blurred_density_map(ld, sigma), ld, sigma, **held_out)  # the driver's default map
     assert ours_sim > blurred_sim + 0.02
     assert abs(ours_sim - theirs_sim) < 0.003
+
+
+# ---------------------------------------------------------------------------------------------------
+# Silent numbers (issue 15): unnormalised densities, near-constant maps, AUC-Judd's jitter stream.
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_likelihood_functions_refuse_a_log_density_that_is_not_normalised():
+    rng = np.random.default_rng(30)
+    ld, base = _log_density(rng), _log_density(rng, scale=0.5)
+    xs, ys = _fixations(rng, 20)
+    # 7 nats of extra mass would silently add 7 / ln 2 = 10.1 bits to every fixation.
+    with pytest.raises(ValueError, match=r"^log_density is not normalised: logsumexp 7 nats, need \|logsumexp\| <= 0\.001"):
+        metrics.log_likelihood(ld + 7, xs, ys)
+    with pytest.raises(ValueError, match=r"^log_density of image 1 is not normalised: logsumexp -7 nats"):
+        metrics.log_likelihood(np.stack([ld, ld - 7]), np.stack([xs, xs]), np.stack([ys, ys]))
+    with pytest.raises(ValueError, match=r"^baseline_log_density is not normalised: logsumexp 7 nats"):
+        metrics.information_gain(ld, base + 7, xs, ys)
+    with pytest.raises(ValueError, match=r"^log_density is not normalised: logsumexp 0\.0011 nats"):
+        metrics.information_gain(ld + 1.1e-3, base, xs, ys)
+    mask = np.ones((1, xs.size), bool)
+    with pytest.raises(ValueError, match=r"^log_density of image 0 is not normalised: logsumexp 7 nats"):
+        likelihood.log_likelihood(jnp.asarray(ld + 7)[None], xs[None], ys[None], mask)
+    # Inside the tolerance (float32 round-off): accepted, and the value is what it is.
+    near = ld + 0.9e-3
+    np.testing.assert_allclose(metrics.log_likelihood(near, xs, ys), metrics.log_likelihood(ld, xs, ys) + 0.9e-3 / math.log(2), atol=1e-12)
+    metrics.information_gain(near, base - 0.9e-3, xs, ys)
+    # Under tracing the check cannot run on the host: jit and grad still work (the model normalises).
+    bits, _ = jax.jit(likelihood.log_likelihood)(jnp.asarray(ld)[None], xs[None], ys[None], mask)
+    np.testing.assert_allclose(bits, [np.mean(metrics.log_likelihood(ld, xs, ys))], rtol=1e-5)
+    jax.grad(lambda l: likelihood.log_likelihood(l, xs[None], ys[None], mask)[0].sum())(jnp.asarray(ld)[None])
+
+
+def test_evaluate_and_the_shuffled_baseline_refuse_unnormalised_log_densities_naming_the_image():
+    rng = np.random.default_rng(31)
+    sizes = [(H, W), (20, 27)]
+    lds = [_log_density(rng, s) for s in sizes]
+    xs = np.concatenate([_fixations(rng, 10, s)[0] for s in sizes])
+    ys = np.concatenate([_fixations(rng, 10, s)[1] for s in sizes])
+    ns = np.repeat([0, 1], 10)
+    kwargs = dict(image_names=["a", "b"], sigma=2.0, canvas_multiple=32)
+    with pytest.raises(ValueError, match=r"^log density of image 1 \('b'\) is not normalised: logsumexp 7 nats"):
+        evaluation.evaluate([lds[0], lds[1] + 7], sizes, xs, ys, ns, **kwargs)
+    with pytest.raises(ValueError, match=r"^baseline log density of image 0 \('a'\) is not normalised: logsumexp -2\.5 nats"):
+        evaluation.evaluate(lds, sizes, xs, ys, ns, baseline_log_densities=[lds[0] - 2.5, lds[1]], **kwargs)
+    with pytest.raises(ValueError, match=r"^log density of image 1 is not normalised: logsumexp 7 nats"):
+        metric_maps.ShuffledBaseline.from_log_densities([lds[0], lds[1] + 7], (16, 16))
+    shuffled = metric_maps.ShuffledBaseline.from_log_densities(lds, (16, 16))
+    with pytest.raises(ValueError, match=r"^log_density is not normalised: logsumexp 7 nats"):
+        shuffled.log_density(lds[0] + 7)
+
+
+def test_the_evaluate_command_refuses_a_predictor_whose_densities_are_not_normalised(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from deepgaze_jax import cli
+    from deepgaze_jax import data as data_lib
+
+    rng = np.random.default_rng(32)
+    ld = _log_density(rng)
+    xs, ys = _fixations(rng, 10)
+
+    class Dataset:  # the two images (evaluate's shuffled baseline needs two) the command reads
+        sizes = np.array([[H, W], [H, W]])
+        images = [np.zeros((H, W, 3), np.uint8), np.ones((H, W, 3), np.uint8)]  # the second one scores 7 nats too much
+        image_ids = ["street", "beach"]
+        fixations = SimpleNamespace(x=np.r_[xs, xs], y=np.r_[ys, ys], image_index=np.repeat([0, 1], xs.size))
+
+        def __len__(self):
+            return 2
+
+    dataset = Dataset()
+    predictor = SimpleNamespace(log_density=lambda images: (ld + 7 * images[0, 0, 0, 0])[None], centerbias=lambda size: ld)
+    monkeypatch.setattr(cli, "_load_predictor", lambda args: predictor)
+    monkeypatch.setattr(data_lib, "load_fixation_csv", lambda *args, **kwargs: dataset)
+    assert cli.main(["evaluate", "--csv-dataset", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["deepgaze: error: log density of image 1 ('beach') is not normalised: logsumexp 7 nats, need |logsumexp| <= 0.001 "
+                   "(subtract the logsumexp over the pixels)"]
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_near_constant_maps_score_as_pysaliency_scores_constant_ones():
+    rng = np.random.default_rng(33)
+    xs, ys = _fixations(rng, 30)
+    empirical = metrics.fixation_map(xs, ys, None, (H, W), 2.0)
+    uniform = np.full((H, W), 1.0 / (H * W))
+    blurred = metrics.gaussian_blur(uniform, 24.0)  # FFT round-off leaves a ripple of ~1e-15 of the value
+    assert blurred.max() != blurred.min() and (blurred.max() - blurred.min()) < 1e-14 * blurred.max()
+    assert ps_metrics.CC(uniform, empirical) == 0.0 and np.all(ps_metrics.NSS(uniform, xs, ys) == 0.0)
+    assert metrics.cc(blurred, empirical) == 0.0  # was -1.1e-4: the correlation of the ripple
+    assert np.all(metrics.nss(blurred, xs, ys) == 0.0)  # was up to 1.04: the ripple in units of its own std
+    with np.errstate(invalid="ignore", divide="ignore"):  # pysaliency divides 0 by 0 for a constant empirical map
+        assert np.isnan(metrics.cc(empirical, blurred)) and np.isnan(ps_metrics.CC(empirical, uniform))
+    np.testing.assert_allclose(metrics.kl_div(blurred, empirical), ps_metrics.MIT_KLDiv(uniform, empirical), atol=1e-12)
+    np.testing.assert_allclose(metrics.sim(blurred, empirical), ps_metrics.SIM(uniform, empirical), atol=1e-12)
+    np.testing.assert_allclose(metrics.kl_div(empirical, -blurred), ps_metrics.MIT_KLDiv(empirical, -uniform), atol=1e-12)
+    np.testing.assert_allclose(metrics.sim(-blurred, empirical), ps_metrics.SIM(-uniform, empirical), atol=1e-12)
+    # A map whose relative range (1e-9) is far above round-off is a map, scored as before.
+    wavy = 1 + 1e-9 * rng.normal(size=(H, W))
+    np.testing.assert_allclose(metrics.cc(wavy, empirical), ps_metrics.CC(wavy, empirical), atol=TOL)
+    np.testing.assert_allclose(metrics.nss(wavy, xs, ys), ps_metrics.NSS(wavy, xs, ys), atol=TOL)
+    assert abs(float(metrics.cc(wavy, empirical))) > 1e-3
+
+
+def test_evaluate_scores_a_uniform_prediction_as_pysaliency_scores_it():
+    rng = np.random.default_rng(34)
+    sizes = [(H, W), (20, 27)]
+    lds = [np.full(s, -math.log(s[0] * s[1])) for s in sizes]
+    xs = np.concatenate([_fixations(rng, 12, s)[0] for s in sizes])
+    ys = np.concatenate([_fixations(rng, 12, s)[1] for s in sizes])
+    ns = np.repeat([0, 1], 12)
+    sigma = 24.0  # wider than the images: the blur's FFT round-off is largest relative to the map
+    result = evaluation.evaluate(lds, sizes, xs, ys, ns, sigma=sigma, canvas_multiple=32)
+    stimuli, fixations = ref.make_stimuli(sizes), ref.make_fixations(xs, ys, ns)
+    blurred = ps.saliency_map_models.BluringSaliencyMapModel(
+        ps.saliency_map_models.DensitySaliencyMapModel(ref.ArrayModel(lambda n: lds[n])), sigma, mode="reflect")
+    empirical = ps.FixationMap(stimuli, fixations, kernel_size=sigma)
+    np.testing.assert_array_equal(result.per_image["CC"], [0.0, 0.0])  # was 9e-5 and -1e-3
+    np.testing.assert_array_equal(blurred.CCs(stimuli, empirical), [0.0, 0.0])
+    np.testing.assert_array_equal(result.per_image["NSS"], [0.0, 0.0])
+    np.testing.assert_allclose(result.per_image["SIM"], blurred.SIMs(stimuli, empirical), atol=1e-12)
+    kl = blurred.KLDivs(stimuli, empirical, minimum_value=0, log_regularization=metrics.KLDIV_EPS, quotient_regularization=metrics.KLDIV_EPS)
+    np.testing.assert_allclose(result.per_image["KLDiv"], kl, atol=1e-12)
+
+
+def test_auc_judd_jitter_continues_one_random_state_across_images_as_pysaliency():
+    """pysaliency's AUC_Judd makes one RandomState(42) per call and draws randn(H, W) * 1e-7 for each
+    image with fixations, in image order. Tolerance 1e-9, not TOL: both sides are float64 sums of a few
+    trapezoids (they agree to ~1e-15), and one jittered pixel crossing a threshold moves AUC-Judd by
+    1 / (#negatives * #fixations), ~3e-8 on a 768x1024 image, which 1e-6 could not see."""
+    rng = np.random.default_rng(35)
+    sizes = [(H, W), (20, 27), (H, W), (H, W)]  # image 2 has no fixations: pysaliency draws nothing for it
+    # Densities with ties and values ~1e-3: the 1e-7 jitter reorders the tied pixels.
+    smaps = [np.round(np.exp(_log_density(rng, s)) * 2e3) / 2e6 for s in sizes]
+    parts = [_fixations(rng, int(rng.integers(10, 30)), s) for s in sizes]
+    ns = np.concatenate([np.full(p[0].size, n) for n, p in enumerate(parts) if n != 2])
+    xs = np.concatenate([p[0] for n, p in enumerate(parts) if n != 2])
+    ys = np.concatenate([p[1] for n, p in enumerate(parts) if n != 2])
+    stimuli, fixations = ref.make_stimuli(sizes), ref.make_fixations(xs, ys, ns)
+    model = ref.ArraySaliencyMapModel(lambda n: smaps[n])
+    jittered = ps.saliency_map_models.RandomNoiseSaliencyMapModel(model, noise_size=1e-7, random_seed=42)
+    expected = np.asarray(jittered.AUC_per_image(stimuli, fixations, nonfixations="unfixated", thresholds="fixations"))
+    assert np.isnan(expected[2])
+    rs = np.random.RandomState(42)  # one stream, continued across calls in image order
+    ours = [float(metrics.auc_judd(smaps[n], xs[ns == n], ys[ns == n], jitter=rs)) for n in (0, 1, 3)]
+    np.testing.assert_allclose(ours, expected[[0, 1, 3]], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(np.mean(ours), model.AUC_Judd(stimuli, fixations), rtol=0, atol=1e-9)  # its default: jitter=True
+    # jitter=True on a batch: a fresh RandomState(42) drawn image after image, as AUC_Judd on those images.
+    same = [0, 3]
+    batch = metrics.auc_judd(np.stack([smaps[n] for n in same]), np.stack([xs[ns == n][:10] for n in same]),
+                             np.stack([ys[ns == n][:10] for n in same]), jitter=True)
+    keep = np.isin(ns, same) & (np.concatenate([np.arange((ns == n).sum()) for n in (0, 1, 3)]) < 10)
+    sub = ref.make_fixations(xs[keep], ys[keep], np.searchsorted(same, ns[keep]))
+    sub_model = ref.ArraySaliencyMapModel(lambda n: smaps[same[n]])
+    sub_expected = ps.saliency_map_models.RandomNoiseSaliencyMapModel(sub_model, noise_size=1e-7, random_seed=42).AUC_per_image(
+        ref.make_stimuli([sizes[n] for n in same]), sub, nonfixations="unfixated", thresholds="fixations")
+    np.testing.assert_allclose(batch, sub_expected, rtol=0, atol=1e-9)
+    unjittered = [float(metrics.auc_judd(smaps[n], xs[ns == n], ys[ns == n])) for n in (0, 1, 3)]
+    assert np.max(np.abs(np.subtract(ours, unjittered))) > 1e-6  # the jitter matters here
+    with pytest.raises(ValueError, match=r"^jitter must be None, a bool, a numpy RandomState or an array of the map's shape, got float$"):
+        metrics.auc_judd(SMAP, [1.0], [1.0], jitter=1e-7)
