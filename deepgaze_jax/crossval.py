@@ -202,8 +202,8 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
     ``extra_data``: more datasets whose images are all training images (never tested here), each with
     its own center bias fitted on all of it. ``recipe="joint"``: each fold's readout is fitted on the
     fold's training images and every extra image together (``config.weighting`` weighs the datasets);
-    ``"pretrain"``: one readout is first fitted on the extra datasets alone (early stopping on the
-    first extra dataset's fold-0 validation images, which it then does not train on), and each fold
+    ``"pretrain"``: one readout is first fitted on the extra datasets alone (early stopping on a tenth
+    of the first extra dataset, its fold-0 test images, which it does not train on), and each fold
     continues from it on its own training images. Early stopping is always on the fold's validation
     images, and no test image of a fold reaches the models that are scored on it.
     """
@@ -343,11 +343,12 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
 
 def _pretrain(config: T.TrainConfig, parts: list[T.FixationSet], centerbiases: list, runs_dir: pathlib.Path,
               seeds: int) -> list[dict]:
-    """One readout per seed fitted on the extra datasets alone; the first one's fold-0 validation images
-    stop it early (and are not trained on)."""
-    split = data_lib.crossval_splits(len(parts[0]), 0)
-    train = T.FixationSet.join([parts[0].subset(np.concatenate([split["train"], split["test"]])), *parts[1:]])
-    val = parts[0].subset(split["val"])
+    """One readout per seed fitted on the extra datasets alone; the first one's fold-0 test images (a tenth
+    of it) stop it early and are not trained on."""
+    held_out = data_lib.crossval_splits(len(parts[0]), 0)["test"]
+    rest = np.setdiff1d(np.arange(len(parts[0])), held_out)
+    train = T.FixationSet.join([parts[0].subset(rest), *parts[1:]])
+    val = parts[0].subset(held_out)
     out = []
     for offset in range(seeds):
         seeded = dataclasses.replace(config, seed=config.seed + offset)

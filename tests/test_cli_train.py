@@ -23,9 +23,9 @@ def test_train_then_predict_with_the_result(mit1003_dir, tmp_path, capsys):
     assert results["total"]["images"] == 4  # two test chunks of ceil(20 / 10) images
     assert results["config"]["max_epochs"] == 2
     assert np.isfinite(results["total"]["information_gain"])
-    assert (tmp_path / "cache" / "runs" / "deepgaze1_first20" / "fold0" / "config.json").exists()
-    assert json.loads((tmp_path / "cache" / "runs" / "deepgaze1_first20" / "fold1_seed1" / "config.json")
-                      .read_text())["seed"] == 1
+    [runs] = (tmp_path / "cache" / "runs").glob("deepgaze1_2seeds_first20_*")  # keyed on config and datasets
+    assert (runs / "fold0" / "config.json").exists()
+    assert json.loads((runs / "fold1_seed1" / "config.json").read_text())["seed"] == 1
 
     image = sorted((mit1003_dir / "STIMULI").iterdir())[0]
     status = cli.main(["predict", str(image), "--heads", str(out), "--out", str(tmp_path / "pred"), "--no-png"])
@@ -115,3 +115,49 @@ def test_fold_heads_reads_members_fold_after_fold():
     assert index(crossval.fold_heads(stacked, meta, take=1)) == {3: [0.0], 5: [2.0]}
     with pytest.raises(ValueError, match="take 3 seeds per fold, but there are 2"):
         crossval.fold_heads(stacked, meta, take=3)
+
+
+def _csv_dataset(root, observers=2, images=6, seed=0):
+    """A small fixation dataset as a user brings it: STIMULI/ and fixations.csv (160x128 images)."""
+    from PIL import Image
+
+    (root / "STIMULI").mkdir(parents=True)
+    rng = np.random.RandomState(seed)
+    rows = ["image,subject,x,y,t"]
+    for i in range(images):
+        Image.fromarray(rng.randint(0, 255, (128, 160, 3)).astype(np.uint8)).save(root / "STIMULI" / f"x{i}.png")
+        for s in range(observers):
+            rows += [f"x{i}.png,o{s},{rng.uniform(20, 140):.2f},{rng.uniform(20, 110):.2f},{t}" for t in range(5)]
+    (root / "fixations.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("recipe", ["joint", "pretrain"])
+def test_train_with_extra_data(mit1003_dir, tmp_path, capsys, recipe):
+    extra = _csv_dataset(tmp_path / "Extra")
+    status = cli.main(["train", "--data", str(mit1003_dir), "--max-images", "20", "--folds", "0",
+                       "--extra-data", str(extra), "--recipe", recipe, "--set", "max_epochs=1",
+                       "--set", "batch_size=2", "--cache", str(tmp_path / "cache"),
+                       "--results", str(tmp_path / "results"), "--out", str(tmp_path / "x.safetensors")])
+    assert status == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "results" / f"deepgaze1_{recipe}_extra_crossval.json").read_text())
+    assert results["recipe"] == recipe and results["extra_data"][0]["name"] == "extra"
+    assert "6 images, 60 fixations" in results["extra_data"][0]["dataset"]
+    [runs] = (tmp_path / "cache" / "runs").glob(f"deepgaze1_{recipe}_extra_first20_*")
+    split = json.loads((runs / "fold0" / "split.json").read_text())
+    assert not set(split["test"]) & set(split["train"] + split["val"])
+    assert split["extra_datasets"] == [str(extra)]
+    assert (runs / "pretrain_seed0").is_dir() == (recipe == "pretrain")
+    assert "extra (" + recipe + ")" in load_params(tmp_path / "x.safetensors")[1]["trained_on"]
+
+
+def test_extra_data_with_one_observer_or_the_same_folder_is_refused_before_compute(mit1003_dir, tmp_path, capsys):
+    one = _csv_dataset(tmp_path / "One", observers=1)
+    args = ["train", "--data", str(mit1003_dir), "--max-images", "20", "--cache", str(tmp_path / "cache")]
+    assert cli.main(args + ["--extra-data", str(one)]) == 1
+    err = capsys.readouterr().err
+    assert "1 observer; the gold standard (leave one observer out) needs at least 2" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "cache").glob("features_*"))  # nothing computed
+    assert cli.main(args + ["--extra-data", str(mit1003_dir)]) == 1
+    assert "the datasets must differ" in capsys.readouterr().err

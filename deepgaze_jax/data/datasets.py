@@ -137,6 +137,7 @@ def load_tfds(builder: tfds.core.DatasetBuilder, *, split: str = "train",
 
 
 def _prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | pathlib.Path) -> None:
+    tfds.disable_progress_bar()  # its bars write escape codes into logs and one-line error output
     builder.download_and_prepare(
         file_format="array_record",
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
