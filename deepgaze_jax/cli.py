@@ -25,9 +25,19 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 CHUNK = 64
 
 
+def printable(text: object) -> str:
+    """``str(text)`` safe to print and draw: the undecodable bytes of a file name (the surrogate
+    escapes ``os.fsdecode`` makes of them) are shown as ``\\xff``, other lone surrogates as ``\\udxxx``."""
+    text = str(text)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_line(message: object) -> str:
     """``deepgaze: error: <message>`` on one line (newlines and runs of spaces folded)."""
-    return f"deepgaze: error: {' '.join(str(message).split())}"
+    return f"deepgaze: error: {' '.join(printable(message).split())}"
 
 
 def error(message: object) -> None:
@@ -74,7 +84,9 @@ def _add_predict(sub) -> None:
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files, folders (their images) or globs")
     _add_model_options(p)
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("deepgaze-predictions"),
-                   help="output folder (default: ./deepgaze-predictions)")
+                   help="output folder (default: ./deepgaze-predictions); <name>.npy and <name>.png "
+                        "there from an earlier run are replaced, an input file never is: an image whose "
+                        "output would replace an input (itself or a link to it) fails with a message")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images of one size per batch (default 4)")
     p.add_argument("--no-png", action="store_true", help="write only the .npy files")
     p.set_defaults(func=_predict)
@@ -113,10 +125,10 @@ def _output_stems(paths: Sequence[pathlib.Path]) -> list[str]:
     stems = []
     for path in paths:
         stem, n = path.stem, 1
-        while stem in used:
+        while stem.casefold() in used:  # a.jpg and A.png would share a file on macOS and Windows
             n += 1
             stem = f"{path.stem}-{n}"
-        used.add(stem)
+        used.add(stem.casefold())
         stems.append(stem)
     return stems
 
@@ -135,7 +147,7 @@ def _predict(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from deepgaze_jax.images import ImageError, load_image
+    from deepgaze_jax.images import load_image
 
     failures = 0
     if args.images:
@@ -148,6 +160,9 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"no image given: predicting matplotlib's sample photograph {paths[0]}")
     if not paths:
         return 1
+    if args.out.exists() and not args.out.is_dir():
+        error(f"--out {args.out}: is a file, not a folder; give a folder for the outputs")
+        return 1
     try:
         predictor = _load_predictor(args)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -155,55 +170,97 @@ def _predict(args: argparse.Namespace) -> int:
         error(e)
         return 1
 
+    inputs = _file_ids(paths)
     stems = _output_stems(paths)
     written = 0
     with tqdm(total=len(paths), unit="image", desc="predicting", disable=None, file=sys.stderr) as bar:
-        def fail(message: str, count: int = 1) -> None:
+        def fail(path: pathlib.Path, problem: BaseException | str) -> None:
             nonlocal failures
-            tqdm.write(error_line(message), file=sys.stderr)  # above the bar, not through it
-            failures += count
-            bar.update(count)
+            if isinstance(problem, BaseException):  # an ImageError already names the file
+                text = str(problem)
+                problem = text if text.startswith(str(path)) else f"{path}: {_describe(problem)}"
+            tqdm.write(error_line(problem), file=sys.stderr)  # above the bar, not through it
+            failures += 1
+            bar.update(1)
 
         # Read a bounded chunk of images at a time (a folder may hold thousands), then batch by size.
+        # Any failure of one image (reading, predicting, drawing, writing) is reported and the run goes on.
         for start in range(0, len(paths), max(CHUNK, args.batch_size)):
             images: dict[int, np.ndarray] = {}
             for i in range(start, min(start + max(CHUNK, args.batch_size), len(paths))):
                 try:
                     images[i] = load_image(paths[i])
-                except ImageError as e:
-                    fail(str(e))
+                except Exception as e:
+                    fail(paths[i], e)
             for batch in _batches(images, args.batch_size):
                 try:
                     densities = np.asarray(predictor.log_density(np.stack([images[i] for i in batch])))
-                except (ValueError, RuntimeError) as e:  # too small for the backbone; out of memory
+                except Exception as e:  # too small for the backbone; out of memory
                     for i in batch:
-                        fail(f"{paths[i]}: {e}")
+                        fail(paths[i], e)
                     continue
                 for i, density in zip(batch, densities):
                     try:
-                        outputs = _write_outputs(args, stems[i], paths[i], images[i], density)
-                    except OSError as e:
-                        fail(f"{paths[i]}: cannot write the outputs ({e})")
+                        outputs = _write_outputs(args, stems[i], paths[i], images[i], density, inputs)
+                    except Exception as e:
+                        fail(paths[i], e)
                         continue
                     written += 1
-                    tqdm.write(f"{paths[i]} -> {', '.join(map(str, outputs))}", file=sys.stdout)
+                    tqdm.write(printable(f"{paths[i]} -> {', '.join(map(str, outputs))}"), file=sys.stdout)
                     bar.update(1)
-    print(f"wrote {written} prediction(s) to {args.out}/" + (f"; {failures} failed" if failures else ""))
+                for i in batch:
+                    del images[i]  # free each chunk's images as soon as they are written
+    print(printable(f"wrote {written} prediction(s) to {args.out}/" + (f"; {failures} failed" if failures else "")))
     return 1 if failures else 0
 
 
-def _write_outputs(args, stem: str, source: pathlib.Path, image, density) -> list[pathlib.Path]:
+def _describe(e: BaseException) -> str:
+    """One line for an exception: its message, with the type for errors that are not ours."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    if isinstance(e, MemoryError):
+        return "out of memory"
+    return str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
+
+
+def _file_ids(paths: Sequence[pathlib.Path]) -> set[tuple[int, int]]:
+    """``(device, inode)`` of each existing input: the identity ``os.path.samefile`` compares, which
+    sees through symlinks, hard links and case-insensitive file names."""
+    ids = set()
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
+def _check_not_an_input(path: pathlib.Path, inputs: set[tuple[int, int]]) -> None:
+    try:
+        st = path.stat()
+    except OSError:
+        return  # nothing there yet (or a dangling link), so no input to lose
+    if (st.st_dev, st.st_ino) in inputs:
+        raise FileExistsError(f"output {path} would replace an input image; not written (choose another --out)")
+
+
+def _write_outputs(args, stem: str, source: pathlib.Path, image, density,
+                   inputs: set[tuple[int, int]]) -> list[pathlib.Path]:
+    """Write ``<stem>.npy`` (and the ``.png``): outputs of an earlier run are replaced, an input never."""
     import numpy as np
 
     from deepgaze_jax import plotting
 
-    npy = args.out / f"{stem}.npy"
-    np.save(npy, density.astype(np.float32))
-    if args.no_png:
-        return [npy]
-    png = args.out / f"{stem}.png"
-    plotting.save_prediction(png, image, density, title=source.name)
-    return [npy, png]
+    outputs = [args.out / f"{stem}.npy"] + ([] if args.no_png else [args.out / f"{stem}.png"])
+    for path in outputs:
+        _check_not_an_input(path, inputs)
+    # The picture is drawn before anything is written, so a drawing failure leaves no half result.
+    png = None if args.no_png else plotting.prediction_png(image, density, title=source.name)
+    np.save(outputs[0], density.astype(np.float32, copy=False))
+    if png is not None:
+        outputs[1].write_bytes(png)
+    return outputs
 
 
 # --- convert ---------------------------------------------------------------------------------------

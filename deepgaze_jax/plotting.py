@@ -15,6 +15,8 @@ from matplotlib import patheffects
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from deepgaze_jax.cli import printable
+
 #: Probability masses the contour lines enclose, smallest region first.
 MASSES = (0.25, 0.5, 0.75)
 
@@ -86,8 +88,15 @@ def overlay_png(image: np.ndarray, log_density: np.ndarray, xs: Sequence[float] 
 def save_prediction(path: str | os.PathLike, image: np.ndarray, log_density: np.ndarray,
                     xs: Sequence[float] | None = None, ys: Sequence[float] | None = None,
                     title: str | None = None) -> None:
-    """Save a two-panel PNG: the image with heat map, 25/50/75 % mass contours and fixations; and the
-    log density itself as a heat map with a colour bar (nats)."""
+    """Save :func:`prediction_png` to ``path``."""
+    _write(path, prediction_png(image, log_density, xs, ys, title))
+
+
+def prediction_png(image: np.ndarray, log_density: np.ndarray, xs: Sequence[float] | None = None,
+                   ys: Sequence[float] | None = None, title: str | None = None) -> bytes:
+    """PNG bytes of two panels: the image with heat map, 25/50/75 % mass contours and fixations; and
+    the log density itself as a heat map with a colour bar (nats). ``title`` may be a file name with
+    undecodable bytes (surrogate escapes), drawn as ``\\xff``."""
     height, width = np.shape(log_density)
     panel = 4.5
     fig = Figure(figsize=(2 * panel + 1.2, panel * height / width + 0.8), dpi=110, layout="constrained")
@@ -102,8 +111,8 @@ def save_prediction(path: str | os.PathLike, image: np.ndarray, log_density: np.
     right.set_title(f"log density (nats), {width}x{height} px", fontsize=9)
     fig.colorbar(im, ax=right, shrink=0.8)
     if title:
-        fig.suptitle(title, fontsize=10)
-    _write(path, _png_bytes(fig))
+        fig.suptitle(printable(title), fontsize=10)
+    return _png_bytes(fig)
 
 
 def save_training_curves(path: str | os.PathLike, history: Sequence[Mapping[str, float]],
