@@ -377,9 +377,12 @@ def train_config(args: argparse.Namespace):
     values = {"model": args.model}
     if args.config is not None:
         try:
-            values.update(json.loads(args.config.read_text()))
+            loaded = json.loads(args.config.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{args.config}: not valid JSON ({e})") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{args.config}: expected a JSON object of TrainConfig fields, got {type(loaded).__name__}")
+        values.update(loaded)
     for item in args.overrides:
         key, sep, text = item.partition("=")
         if not sep:

@@ -115,3 +115,13 @@ def test_fold_heads_reads_members_fold_after_fold():
     assert index(crossval.fold_heads(stacked, meta, take=1)) == {3: [0.0], 5: [2.0]}
     with pytest.raises(ValueError, match="take 3 seeds per fold, but there are 2"):
         crossval.fold_heads(stacked, meta, take=3)
+
+
+@pytest.mark.parametrize("text,kind", [("[1, 2]", "list"), ('"fast"', "str"), ("3", "int")])
+def test_a_config_that_is_not_a_json_object_fails_in_one_line(tmp_path, capsys, text, kind):
+    config = tmp_path / "config.json"
+    config.write_text(text)
+    status = cli.main(["train", "--data", str(tmp_path), "--config", str(config)])
+    err = capsys.readouterr().err
+    assert status == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "config.json" in err and f"expected a JSON object of TrainConfig fields, got {kind}" in err
