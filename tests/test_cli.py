@@ -75,11 +75,16 @@ def test_predict_with_the_shipped_model(tmp_path):
     assert entropy_bits < np.log2(density.size) - 0.1  # it prefers some places to others
 
 
-@pytest.mark.skipif((ASSETS / "deepgaze2_vgg16.safetensors").is_file(), reason="deepgaze2_vgg16 heads are shipped")
-def test_a_model_without_shipped_heads_says_how_to_give_some(tmp_path, capsys):
-    assert main(["predict", "--model", "deepgaze2_vgg16", "--out", str(tmp_path)]) == 1
+def test_a_model_without_shipped_heads_says_how_to_give_some(tmp_path, capsys, monkeypatch):
+    from deepgaze_jax import predict
+
+    assets = tmp_path / "assets"  # an installation that ships only deepgaze1's heads
+    assets.mkdir()
+    (assets / "deepgaze1.safetensors").symlink_to(ASSETS / "deepgaze1.safetensors")
+    monkeypatch.setattr(predict, "ASSETS", assets)
+    assert main(["predict", "--model", "deepgaze2_vgg16", "--out", str(tmp_path / "out")]) == 1
     (line,) = error_lines(capsys.readouterr().err)
-    assert "deepgaze2_vgg16" in line and "--heads" in line
+    assert "deepgaze2_vgg16" in line and "--heads" in line and "shipped: ['deepgaze1']" in line
 
 
 def test_predict_a_folder_of_photographs_with_bad_files_among_them(tmp_path, mit1003_dir, predictor_file, capsys):
