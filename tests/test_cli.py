@@ -260,3 +260,17 @@ def test_a_failure_while_drawing_or_writing_names_the_image_and_the_run_goes_on(
     check_outputs(out, "c", image_cases.SIZE)
     assert not (out / "b.npy").exists() and not (out / "b.png").exists()
     assert "wrote 2 prediction(s)" in captured.out and "1 failed" in captured.out
+
+
+def test_a_phone_photo_is_predicted_upright_as_its_exif_orientation_says(tmp_path, predictor_file):
+    from deepgaze_jax.images import load_image
+
+    tagged, plain = image_cases.exif_oriented_jpeg(6)
+    (tmp_path / "phone.jpg").write_bytes(tagged)
+    Image.fromarray(np.rot90(load_image(plain), -1)).save(tmp_path / "turned.png")  # turned by hand, lossless
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "phone.jpg"), str(tmp_path / "turned.png"), "--heads", str(predictor_file),
+                 "--out", str(out), "--no-png"]) == 0
+    upright = image_cases.SIZE[::-1]
+    np.testing.assert_array_equal(check_outputs(out, "phone", upright, png=False),
+                                  check_outputs(out, "turned", upright, png=False))
