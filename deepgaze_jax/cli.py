@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterator, Sequence
 MODELS = ("deepgaze1", "deepgaze2_vgg16")
 TRAINABLE = ("deepgaze1", "deepgaze2_vgg16", "deepgaze2_vgg19", "deepgaze2_vgg16_block4")  # keys of train.MODELS
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
-#: Images loaded ahead of prediction at most (bounds memory on large folders).
+#: Images, and pixels, read ahead of prediction at most (bounds memory on large folders and images).
 CHUNK = 64
+CHUNK_PIXELS = 128_000_000
 
 
 def printable(text: object) -> str:
@@ -75,11 +76,19 @@ def _load_predictor(args: argparse.Namespace):
 
 
 def _add_predict(sub) -> None:
+    from deepgaze_jax.images import MAX_PIXELS
+
     p = sub.add_parser(
         "predict", help="predict fixation densities for images",
         description="Predict where people look: writes <name>.npy (the log density over the image's pixels, "
                     "float32 nats, logsumexp 0, shape (height, width)) and <name>.png (a picture) per image. "
-                    "Without an image it predicts matplotlib's sample photograph of Grace Hopper.",
+                    "Without an image it predicts matplotlib's sample photograph of Grace Hopper. "
+                    f"Images of more than --max-pixels pixels (default {MAX_PIXELS:,}; 8000x8000 passes) are "
+                    "refused. Memory grows with the pixels of a batch: deepgaze1 peaked at 1.9 GiB resident "
+                    "for one 8000x8000 image (about 30 bytes per pixel; 16-30 s on a busy 2-core CPU), "
+                    "deepgaze2_vgg16's VGG-16 needs about 3.5 GiB more at that size. At most 64 images or "
+                    "128 megapixels are read ahead; pictures of images with a side over 2048 pixels are "
+                    "drawn shrunk.",
     )
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files, folders (their images) or globs")
     _add_model_options(p)
@@ -89,6 +98,8 @@ def _add_predict(sub) -> None:
                         "output would replace an input (itself or a link to it) fails with a message")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images of one size per batch (default 4)")
     p.add_argument("--no-png", action="store_true", help="write only the .npy files")
+    p.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
+                   help=f"refuse images of more pixels than this, before decoding them (default {MAX_PIXELS})")
     p.set_defaults(func=_predict)
 
 
@@ -183,15 +194,8 @@ def _predict(args: argparse.Namespace) -> int:
             failures += 1
             bar.update(1)
 
-        # Read a bounded chunk of images at a time (a folder may hold thousands), then batch by size.
-        # Any failure of one image (reading, predicting, drawing, writing) is reported and the run goes on.
-        for start in range(0, len(paths), max(CHUNK, args.batch_size)):
-            images: dict[int, np.ndarray] = {}
-            for i in range(start, min(start + max(CHUNK, args.batch_size), len(paths))):
-                try:
-                    images[i] = load_image(paths[i])
-                except Exception as e:
-                    fail(paths[i], e)
+        def predict_chunk(images: dict[int, np.ndarray]) -> None:
+            nonlocal written
             for batch in _batches(images, args.batch_size):
                 try:
                     densities = np.asarray(predictor.log_density(np.stack([images[i] for i in batch])))
@@ -209,7 +213,22 @@ def _predict(args: argparse.Namespace) -> int:
                     tqdm.write(printable(f"{paths[i]} -> {', '.join(map(str, outputs))}"), file=sys.stdout)
                     bar.update(1)
                 for i in batch:
-                    del images[i]  # free each chunk's images as soon as they are written
+                    del images[i]  # free a batch's images as soon as they are written
+
+        # Read a bounded chunk of images at a time (a folder may hold thousands, or huge ones), then
+        # batch by size. Any failure of one image (reading, predicting, drawing, writing) is reported
+        # and the run goes on.
+        images: dict[int, np.ndarray] = {}
+        pixels = 0
+        for i, path in enumerate(paths):
+            try:
+                images[i] = load_image(path, max_pixels=args.max_pixels)
+                pixels += images[i].shape[0] * images[i].shape[1]
+            except Exception as e:
+                fail(path, e)
+            if len(images) >= max(CHUNK, args.batch_size) or pixels >= CHUNK_PIXELS or i == len(paths) - 1:
+                predict_chunk(images)
+                images, pixels = {}, 0
     print(printable(f"wrote {written} prediction(s) to {args.out}/" + (f"; {failures} failed" if failures else "")))
     return 1 if failures else 0
 

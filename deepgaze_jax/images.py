@@ -87,7 +87,9 @@ def to_rgb(image: Image.Image, name: str = "<image>") -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), np.uint8))
+    if image.mode != "RGB":  # convert() would copy even an RGB image: 192 MB more at 64 megapixels
+        image = image.convert("RGB")
+    return np.ascontiguousarray(np.asarray(image, np.uint8))
 
 
 def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:

@@ -274,3 +274,29 @@ def test_a_phone_photo_is_predicted_upright_as_its_exif_orientation_says(tmp_pat
     upright = image_cases.SIZE[::-1]
     np.testing.assert_array_equal(check_outputs(out, "phone", upright, png=False),
                                   check_outputs(out, "turned", upright, png=False))
+
+
+def test_the_pixel_limit_and_the_read_ahead_are_bounded(tmp_path, predictor_file, capsys, monkeypatch):
+    from deepgaze_jax import cli
+
+    for seed, name in enumerate(["a.png", "c.png", "d.png"]):
+        Image.fromarray(image_cases.photo(seed=seed)).save(tmp_path / name)
+    Image.fromarray(image_cases.photo((100, 120))).save(tmp_path / "b.png")  # 12000 pixels
+    chunks = []
+    real = cli._batches
+    monkeypatch.setattr(cli, "_batches", lambda images, size: chunks.append(sorted(images)) or real(images, size))
+    monkeypatch.setattr(cli, "CHUNK_PIXELS", image_cases.SIZE[0] * image_cases.SIZE[1])  # one image a chunk
+    out = tmp_path / "out"
+    code = main(["predict", str(tmp_path / "*.png"), "--heads", str(predictor_file), "--out", str(out),
+                 "--max-pixels", "10000", "--no-png"])
+    captured = capsys.readouterr()
+    assert code == 1
+    (line,) = error_lines(captured.err)
+    assert "b.png" in line and "120x100 = 12000 pixels exceeds the limit of 10000" in line
+    assert chunks == [[0], [2], [3]]
+    for name in ("a", "c", "d"):
+        check_outputs(out, name, image_cases.SIZE, png=False)
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--max-pixels" in help_text and "64,000,000" in help_text and "GiB" in help_text
