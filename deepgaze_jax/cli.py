@@ -116,7 +116,11 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[pathlib.Path], list[str]]
     for item in inputs:
         path = pathlib.Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            try:
+                found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            except OSError as e:
+                problems.append(f"{item}: cannot list the folder ({e.strerror or e})")
+                continue
             if not found:
                 problems.append(f"{item}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
             paths.extend(found)
@@ -396,9 +400,11 @@ def train_config(args: argparse.Namespace):
     values = {"model": args.model}
     if args.config is not None:
         try:
-            loaded = json.loads(args.config.read_text())
+            loaded = json.loads(args.config.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{args.config}: not valid JSON ({e})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{args.config}: not UTF-8 text, so not JSON ({e.reason} at byte {e.start})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{args.config}: expected a JSON object of TrainConfig fields, got {type(loaded).__name__}")
         values.update(loaded)

@@ -300,3 +300,20 @@ def test_the_pixel_limit_and_the_read_ahead_are_bounded(tmp_path, predictor_file
         main(["predict", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--max-pixels" in help_text and "64,000,000" in help_text and "GiB" in help_text
+
+
+def test_a_folder_that_cannot_be_listed_is_named_and_the_others_go_on(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (tmp_path / "a.jpg").write_bytes(b"")
+    real = pathlib.Path.iterdir
+
+    def iterdir(self):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(pathlib.Path, "iterdir", iterdir)  # root may list any folder, so simulate it
+    paths, problems = expand_inputs([str(locked), str(tmp_path / "a.jpg")])
+    assert [p.name for p in paths] == ["a.jpg"]
+    assert problems == [f"{locked}: cannot list the folder (Permission denied)"]

@@ -117,11 +117,16 @@ def test_fold_heads_reads_members_fold_after_fold():
         crossval.fold_heads(stacked, meta, take=3)
 
 
-@pytest.mark.parametrize("text,kind", [("[1, 2]", "list"), ('"fast"', "str"), ("3", "int")])
-def test_a_config_that_is_not_a_json_object_fails_in_one_line(tmp_path, capsys, text, kind):
+@pytest.mark.parametrize("data,message", [
+    (b"[1, 2]", "expected a JSON object of TrainConfig fields, got list"),
+    (b'"fast"', "expected a JSON object of TrainConfig fields, got str"),
+    (b"3", "expected a JSON object of TrainConfig fields, got int"),
+    (b"\xff\xfe{}", "not UTF-8 text, so not JSON (invalid start byte at byte 0)"),
+])
+def test_a_config_that_is_not_a_json_object_fails_in_one_line(tmp_path, capsys, data, message):
     config = tmp_path / "config.json"
-    config.write_text(text)
+    config.write_bytes(data)
     status = cli.main(["train", "--data", str(tmp_path), "--config", str(config)])
     err = capsys.readouterr().err
     assert status == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert "config.json" in err and f"expected a JSON object of TrainConfig fields, got {kind}" in err
+    assert f"config.json: {message}" in err, err
