@@ -189,12 +189,11 @@ def _predict(args: argparse.Namespace) -> int:
     stems = _output_stems(paths)
     written = 0
     with tqdm(total=len(paths), unit="image", desc="predicting", disable=None, file=sys.stderr) as bar:
-        def fail(path: pathlib.Path, problem: BaseException | str) -> None:
+        def fail(path: pathlib.Path, e: Exception) -> None:
             nonlocal failures
-            if isinstance(problem, BaseException):  # an ImageError already names the file
-                text = str(problem)
-                problem = text if text.startswith(str(path)) else f"{path}: {_describe(problem)}"
-            tqdm.write(error_line(problem), file=sys.stderr)  # above the bar, not through it
+            text = str(e)  # an ImageError names the file already
+            message = text if text.startswith(str(path)) else f"{path}: {_describe(e)}"
+            tqdm.write(error_line(message), file=sys.stderr)  # above the bar, not through it
             failures += 1
             bar.update(1)
 
