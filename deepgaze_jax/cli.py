@@ -22,13 +22,24 @@ MODELS = ("deepgaze1", "deepgaze2_vgg16")
 TRAINABLE = ("deepgaze1", "deepgaze2_vgg16", "deepgaze2_vgg19", "deepgaze2_vgg16_block4",
              "deepgaze2_vgg16_iie")  # keys of train.MODELS
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
-#: Images loaded ahead of prediction at most (bounds memory on large folders).
+#: Images, and pixels, read ahead of prediction at most (bounds memory on large folders and images).
 CHUNK = 64
+CHUNK_PIXELS = 128_000_000
+
+
+def printable(text: object) -> str:
+    """``str(text)`` safe to print and draw: the undecodable bytes of a file name (the surrogate
+    escapes ``os.fsdecode`` makes of them) are shown as ``\\xff``, other lone surrogates as ``\\udxxx``."""
+    text = str(text)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_line(message: object) -> str:
     """``deepgaze: error: <message>`` on one line (newlines and runs of spaces folded)."""
-    return f"deepgaze: error: {' '.join(str(message).split())}"
+    return f"deepgaze: error: {' '.join(printable(message).split())}"
 
 
 def error(message: object) -> None:
@@ -71,18 +82,30 @@ def _load_predictor(args: argparse.Namespace):
 
 
 def _add_predict(sub) -> None:
+    from deepgaze_jax.images import MAX_PIXELS
+
     p = sub.add_parser(
         "predict", help="predict fixation densities for images",
         description="Predict where people look: writes <name>.npy (the log density over the image's pixels, "
                     "float32 nats, logsumexp 0, shape (height, width)) and <name>.png (a picture) per image. "
-                    "Without an image it predicts matplotlib's sample photograph of Grace Hopper.",
+                    "Without an image it predicts matplotlib's sample photograph of Grace Hopper. "
+                    f"Images of more than --max-pixels pixels (default {MAX_PIXELS:,}; 8000x8000 passes) are "
+                    "refused. Memory grows with the pixels of a batch: deepgaze1 peaked at 1.9 GiB resident "
+                    "for one 8000x8000 image (about 30 bytes per pixel; 16-30 s on a busy 2-core CPU), "
+                    "deepgaze2_vgg16's VGG-16 needs about 3.5 GiB more at that size. At most 64 images or "
+                    "128 megapixels are read ahead; pictures of images with a side over 2048 pixels are "
+                    "drawn shrunk.",
     )
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files, folders (their images) or globs")
     _add_model_options(p)
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("deepgaze-predictions"),
-                   help="output folder (default: ./deepgaze-predictions)")
+                   help="output folder (default: ./deepgaze-predictions); <name>.npy and <name>.png "
+                        "there from an earlier run are replaced, an input file never is: an image whose "
+                        "output would replace an input (itself or a link to it) fails with a message")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images of one size per batch (default 4)")
     p.add_argument("--no-png", action="store_true", help="write only the .npy files")
+    p.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
+                   help=f"refuse images of more pixels than this, before decoding them (default {MAX_PIXELS})")
     p.set_defaults(func=_predict)
 
 
@@ -99,7 +122,11 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[pathlib.Path], list[str]]
     for item in inputs:
         path = pathlib.Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            try:
+                found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            except OSError as e:
+                problems.append(f"{item}: cannot list the folder ({e.strerror or e})")
+                continue
             if not found:
                 problems.append(f"{item}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
             paths.extend(found)
@@ -119,10 +146,10 @@ def _output_stems(paths: Sequence[pathlib.Path]) -> list[str]:
     stems = []
     for path in paths:
         stem, n = path.stem, 1
-        while stem in used:
+        while stem.casefold() in used:  # a.jpg and A.png would share a file on macOS and Windows
             n += 1
             stem = f"{path.stem}-{n}"
-        used.add(stem)
+        used.add(stem.casefold())
         stems.append(stem)
     return stems
 
@@ -141,7 +168,7 @@ def _predict(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from deepgaze_jax.images import ImageError, load_image
+    from deepgaze_jax.images import load_image
 
     failures = 0
     if args.images:
@@ -154,6 +181,9 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"no image given: predicting matplotlib's sample photograph {paths[0]}")
     if not paths:
         return 1
+    if args.out.exists() and not args.out.is_dir():
+        error(f"--out {args.out}: is a file, not a folder; give a folder for the outputs")
+        return 1
     try:
         predictor = _load_predictor(args)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -161,55 +191,104 @@ def _predict(args: argparse.Namespace) -> int:
         error(e)
         return 1
 
+    inputs = _file_ids(paths)
     stems = _output_stems(paths)
     written = 0
     with tqdm(total=len(paths), unit="image", desc="predicting", disable=None, file=sys.stderr) as bar:
-        def fail(message: str, count: int = 1) -> None:
+        def fail(path: pathlib.Path, e: Exception) -> None:
             nonlocal failures
+            text = str(e)  # an ImageError names the file already
+            message = text if text.startswith(str(path)) else f"{path}: {_describe(e)}"
             tqdm.write(error_line(message), file=sys.stderr)  # above the bar, not through it
-            failures += count
-            bar.update(count)
+            failures += 1
+            bar.update(1)
 
-        # Read a bounded chunk of images at a time (a folder may hold thousands), then batch by size.
-        for start in range(0, len(paths), max(CHUNK, args.batch_size)):
-            images: dict[int, np.ndarray] = {}
-            for i in range(start, min(start + max(CHUNK, args.batch_size), len(paths))):
-                try:
-                    images[i] = load_image(paths[i])
-                except ImageError as e:
-                    fail(str(e))
+        def predict_chunk(images: dict[int, np.ndarray]) -> None:
+            nonlocal written
             for batch in _batches(images, args.batch_size):
                 try:
                     densities = np.asarray(predictor.log_density(np.stack([images[i] for i in batch])))
-                except (ValueError, RuntimeError) as e:  # too small for the backbone; out of memory
+                except Exception as e:  # too small for the backbone; out of memory
                     for i in batch:
-                        fail(f"{paths[i]}: {e}")
+                        fail(paths[i], e)
                     continue
                 for i, density in zip(batch, densities):
                     try:
-                        outputs = _write_outputs(args, stems[i], paths[i], images[i], density)
-                    except OSError as e:
-                        fail(f"{paths[i]}: cannot write the outputs ({e})")
+                        outputs = _write_outputs(args, stems[i], paths[i], images[i], density, inputs)
+                    except Exception as e:
+                        fail(paths[i], e)
                         continue
                     written += 1
-                    tqdm.write(f"{paths[i]} -> {', '.join(map(str, outputs))}", file=sys.stdout)
+                    tqdm.write(printable(f"{paths[i]} -> {', '.join(map(str, outputs))}"), file=sys.stdout)
                     bar.update(1)
-    print(f"wrote {written} prediction(s) to {args.out}/" + (f"; {failures} failed" if failures else ""))
+                for i in batch:
+                    del images[i]  # free a batch's images as soon as they are written
+
+        # Read a bounded chunk of images at a time (a folder may hold thousands, or huge ones), then
+        # batch by size. Any failure of one image (reading, predicting, drawing, writing) is reported
+        # and the run goes on.
+        images: dict[int, np.ndarray] = {}
+        pixels = 0
+        for i, path in enumerate(paths):
+            try:
+                images[i] = load_image(path, max_pixels=args.max_pixels)
+                pixels += images[i].shape[0] * images[i].shape[1]
+            except Exception as e:
+                fail(path, e)
+            if len(images) >= max(CHUNK, args.batch_size) or pixels >= CHUNK_PIXELS or i == len(paths) - 1:
+                predict_chunk(images)
+                images, pixels = {}, 0
+    print(printable(f"wrote {written} prediction(s) to {args.out}/" + (f"; {failures} failed" if failures else "")))
     return 1 if failures else 0
 
 
-def _write_outputs(args, stem: str, source: pathlib.Path, image, density) -> list[pathlib.Path]:
+def _describe(e: BaseException) -> str:
+    """One line for an exception: its message, with the type for errors that are not ours."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    if isinstance(e, MemoryError):
+        return "out of memory"
+    return str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
+
+
+def _file_ids(paths: Sequence[pathlib.Path]) -> set[tuple[int, int]]:
+    """``(device, inode)`` of each existing input: the identity ``os.path.samefile`` compares, which
+    sees through symlinks, hard links and case-insensitive file names."""
+    ids = set()
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
+def _check_not_an_input(path: pathlib.Path, inputs: set[tuple[int, int]]) -> None:
+    try:
+        st = path.stat()
+    except OSError:
+        return  # nothing there yet (or a dangling link), so no input to lose
+    if (st.st_dev, st.st_ino) in inputs:
+        raise FileExistsError(f"output {path} would replace an input image; not written (choose another --out)")
+
+
+def _write_outputs(args, stem: str, source: pathlib.Path, image, density,
+                   inputs: set[tuple[int, int]]) -> list[pathlib.Path]:
+    """Write ``<stem>.npy`` (and the ``.png``): outputs of an earlier run are replaced, an input never."""
     import numpy as np
 
     from deepgaze_jax import plotting
 
-    npy = args.out / f"{stem}.npy"
-    np.save(npy, density.astype(np.float32))
-    if args.no_png:
-        return [npy]
-    png = args.out / f"{stem}.png"
-    plotting.save_prediction(png, image, density, title=source.name)
-    return [npy, png]
+    outputs = [args.out / f"{stem}.npy"] + ([] if args.no_png else [args.out / f"{stem}.png"])
+    for path in outputs:
+        _check_not_an_input(path, inputs)
+    # The picture is drawn before anything is written, so a drawing failure leaves no half result.
+    png = None if args.no_png else plotting.prediction_png(image, density, title=source.name)
+    np.save(outputs[0], density.astype(np.float32, copy=False))
+    if png is not None:
+        outputs[1].write_bytes(png)
+    return outputs
 
 
 # --- convert ---------------------------------------------------------------------------------------
@@ -337,9 +416,14 @@ def train_config(args: argparse.Namespace):
     values = {"model": args.model}
     if args.config is not None:
         try:
-            values.update(json.loads(args.config.read_text()))
+            loaded = json.loads(args.config.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{args.config}: not valid JSON ({e})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{args.config}: not UTF-8 text, so not JSON ({e.reason} at byte {e.start})") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{args.config}: expected a JSON object of TrainConfig fields, got {type(loaded).__name__}")
+        values.update(loaded)
     for item in args.overrides:
         key, sep, text = item.partition("=")
         if not sep:

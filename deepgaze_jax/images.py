@@ -1,6 +1,8 @@
 """Reading images into the ``(H, W, 3)`` uint8 RGB arrays the models take.
 
-Documented conversions: grayscale is repeated to three channels; palette, CMYK and YCbCr images are
+Documented conversions: the EXIF orientation tag is applied, so a phone photo is predicted as it is
+shown, not as its pixels are stored (the array is then the rotated or mirrored one, e.g. ``(W, H, 3)``
+for orientations 5-8); grayscale is repeated to three channels; palette, CMYK and YCbCr images are
 converted to RGB; an alpha channel is composited over white (as a page shows it); 16-bit and
 32-bit integer images are scaled to 0..255 from their full range. Anything else is an error naming
 the file and the problem.
@@ -14,7 +16,7 @@ import pathlib
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Default cap on pixels per image; larger files are refused before decoding (decompression bombs).
 MAX_PIXELS = 64_000_000
@@ -29,7 +31,8 @@ class ImageTooLargeError(ImageError):
 
 
 def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Read an image file (path or bytes) as ``(H, W, 3)`` uint8 RGB.
+    """Read an image file (path or bytes) as ``(H, W, 3)`` uint8 RGB, upright as its EXIF orientation
+    tag says (``H, W`` are then the displayed height and width); the conversions are in the module doc.
 
     Raises:
       ImageTooLargeError: more than ``max_pixels`` pixels, or a decompression bomb.
@@ -61,6 +64,7 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
                 )
             try:
                 image.load()
+                ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of a huge image
             except (OSError, SyntaxError, ValueError) as error:
                 raise ImageError(f"{name}: corrupt or truncated image data ({error})") from None
             return to_rgb(image, name)
@@ -83,7 +87,9 @@ def to_rgb(image: Image.Image, name: str = "<image>") -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), np.uint8))
+    if image.mode != "RGB":  # convert() would copy even an RGB image: 192 MB more at 64 megapixels
+        image = image.convert("RGB")
+    return np.ascontiguousarray(np.asarray(image, np.uint8))
 
 
 def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:

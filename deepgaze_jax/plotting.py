@@ -7,6 +7,7 @@ no global state and works from a server's worker thread.
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Mapping, Sequence
 
@@ -15,8 +16,44 @@ from matplotlib import patheffects
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from PIL import Image
+
+from deepgaze_jax.cli import printable
+
 #: Probability masses the contour lines enclose, smallest region first.
 MASSES = (0.25, 0.5, 0.75)
+#: Longest side drawn at full resolution; larger images are shrunk first (:func:`shrink_for_drawing`),
+#: since the pictures are at most about 1000 pixels wide and matplotlib's full-size float copies of a
+#: 64-megapixel image took 8 GB.
+DRAW_MAX_SIDE = 2048
+
+
+def shrink_for_drawing(image: np.ndarray, log_density: np.ndarray,
+                       max_side: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Shrink an image and its log density by the smallest integer factor ``k`` that brings the longer
+    side to at most ``max_side`` (default :data:`DRAW_MAX_SIDE`), for drawing.
+
+    ``image``: ``(H, W, 3)`` uint8; ``log_density``: ``(H, W)`` nats. Each output pixel is the mean of a
+    ``k x k`` block (fewer pixels at the right and bottom edges): the colour for the image (to within
+    one level), the probability for the density, returned as its log (nats per original pixel, so
+    levels and colour bar keep their meaning). Returns ``(image, log_density, k)``, shapes
+    ``(ceil(H / k), ceil(W / k))``; ``k = 1`` returns the inputs themselves.
+    """
+    height, width = np.shape(log_density)
+    k = math.ceil(max(height, width) / (max_side or DRAW_MAX_SIDE))
+    if k <= 1:
+        return image, log_density, 1
+    peak = float(np.max(log_density))
+    probability = np.exp(np.asarray(log_density, np.float32) - np.float32(peak))
+    small = np.asarray(Image.fromarray(probability, "F").reduce(k))
+    del probability
+    small = np.log(np.maximum(small, np.finfo(np.float32).tiny)) + np.float32(peak)
+    return np.asarray(Image.fromarray(np.asarray(image, np.uint8)).reduce(k)), small, k
+
+
+def _shrink_points(points: Sequence[float] | None, k: int) -> Sequence[float] | None:
+    """Pixel coordinates on the grid shrunk by ``k`` (pixel centres map to block centres)."""
+    return points if points is None or k == 1 else (np.asarray(points, np.float64) + 0.5) / k - 0.5
 
 
 def mass_thresholds(log_density: np.ndarray, masses: Sequence[float] = MASSES) -> np.ndarray:
@@ -73,25 +110,37 @@ def _png_bytes(fig: Figure, **kwargs) -> bytes:
 def overlay_png(image: np.ndarray, log_density: np.ndarray, xs: Sequence[float] | None = None,
                 ys: Sequence[float] | None = None, max_side: int | None = 1024) -> bytes:
     """PNG bytes of :func:`draw_prediction` at the image's own size (shrunk so that the longer side is
-    at most ``max_side`` pixels), without margins: the picture the web page shows."""
+    at most ``max_side`` pixels), without margins: the picture the web page shows. Images with a side
+    over ``max(DRAW_MAX_SIDE, max_side)`` are drawn shrunk (:func:`shrink_for_drawing`)."""
     height, width = np.shape(log_density)
     scale = min(1.0, max_side / max(height, width)) if max_side else 1.0
     dpi = 100
     fig = Figure(figsize=(max(width * scale, 1) / dpi, max(height * scale, 1) / dpi), dpi=dpi)
     ax = fig.add_axes((0, 0, 1, 1))
-    draw_prediction(ax, image, log_density, xs, ys)
+    image, log_density, k = shrink_for_drawing(image, log_density, max(DRAW_MAX_SIDE, max_side or 0))
+    draw_prediction(ax, image, log_density, _shrink_points(xs, k), _shrink_points(ys, k))
     return _png_bytes(fig)
 
 
 def save_prediction(path: str | os.PathLike, image: np.ndarray, log_density: np.ndarray,
                     xs: Sequence[float] | None = None, ys: Sequence[float] | None = None,
                     title: str | None = None) -> None:
-    """Save a two-panel PNG: the image with heat map, 25/50/75 % mass contours and fixations; and the
-    log density itself as a heat map with a colour bar (nats)."""
+    """Save :func:`prediction_png` to ``path``."""
+    _write(path, prediction_png(image, log_density, xs, ys, title))
+
+
+def prediction_png(image: np.ndarray, log_density: np.ndarray, xs: Sequence[float] | None = None,
+                   ys: Sequence[float] | None = None, title: str | None = None) -> bytes:
+    """PNG bytes of two panels: the image with heat map, 25/50/75 % mass contours and fixations; and
+    the log density itself as a heat map with a colour bar (nats). ``title`` may be a file name with
+    undecodable bytes (surrogate escapes), drawn as ``\\xff``. Images with a side over
+    :data:`DRAW_MAX_SIDE` are drawn shrunk (:func:`shrink_for_drawing`)."""
     height, width = np.shape(log_density)
     panel = 4.5
     fig = Figure(figsize=(2 * panel + 1.2, panel * height / width + 0.8), dpi=110, layout="constrained")
     left, right = fig.subplots(1, 2)
+    image, log_density, k = shrink_for_drawing(image, log_density)
+    xs, ys = _shrink_points(xs, k), _shrink_points(ys, k)
     draw_prediction(left, image, log_density, xs, ys)
     left.set_title("prediction: contours hold 25/50/75 % of the mass", fontsize=9)
     im = right.imshow(log_density, cmap="inferno")
@@ -99,11 +148,11 @@ def save_prediction(path: str | os.PathLike, image: np.ndarray, log_density: np.
     if xs is not None and ys is not None and len(xs):
         right.scatter(xs, ys, s=10, c="#00e5ff", edgecolors="black", linewidths=0.4)
     right.set_axis_off()
-    right.set_title(f"log density (nats), {width}x{height} px", fontsize=9)
+    right.set_title(f"log density (nats), {width}x{height} px" + (f", drawn at 1/{k}" if k > 1 else ""), fontsize=9)
     fig.colorbar(im, ax=right, shrink=0.8)
     if title:
-        fig.suptitle(title, fontsize=10)
-    _write(path, _png_bytes(fig))
+        fig.suptitle(printable(title), fontsize=10)
+    return _png_bytes(fig)
 
 
 def save_training_curves(path: str | os.PathLike, history: Sequence[Mapping[str, float]],

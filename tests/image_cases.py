@@ -64,3 +64,15 @@ def bad() -> dict[str, tuple[bytes, str]]:
         "cut-header.jpg": (jpeg[:24], "truncated"),
         "bomb.png": (bomb_png(), "decompression bomb"),
     }
+
+
+def exif_oriented_jpeg(orientation: int, size: tuple[int, int] = SIZE) -> tuple[bytes, bytes]:
+    """A JPEG whose stored pixels are ``photo(size)`` and whose EXIF tag says ``orientation`` (6: turn
+    90 degrees clockwise to show it, 8: counter-clockwise), and the same JPEG without the tag."""
+    image = Image.fromarray(photo(size))
+    tagged, plain = io.BytesIO(), io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    image.save(tagged, format="JPEG", quality=90, exif=exif)
+    image.save(plain, format="JPEG", quality=90)
+    return tagged.getvalue(), plain.getvalue()

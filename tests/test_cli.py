@@ -75,11 +75,16 @@ def test_predict_with_the_shipped_model(tmp_path):
     assert entropy_bits < np.log2(density.size) - 0.1  # it prefers some places to others
 
 
-@pytest.mark.skipif((ASSETS / "deepgaze2_vgg16.safetensors").is_file(), reason="deepgaze2_vgg16 heads are shipped")
-def test_a_model_without_shipped_heads_says_how_to_give_some(tmp_path, capsys):
-    assert main(["predict", "--model", "deepgaze2_vgg16", "--out", str(tmp_path)]) == 1
+def test_a_model_without_shipped_heads_says_how_to_give_some(tmp_path, capsys, monkeypatch):
+    from deepgaze_jax import predict
+
+    assets = tmp_path / "assets"  # an installation that ships only deepgaze1's heads
+    assets.mkdir()
+    (assets / "deepgaze1.safetensors").symlink_to(ASSETS / "deepgaze1.safetensors")
+    monkeypatch.setattr(predict, "ASSETS", assets)
+    assert main(["predict", "--model", "deepgaze2_vgg16", "--out", str(tmp_path / "out")]) == 1
     (line,) = error_lines(capsys.readouterr().err)
-    assert "deepgaze2_vgg16" in line and "--heads" in line
+    assert "deepgaze2_vgg16" in line and "--heads" in line and "shipped: ['deepgaze1']" in line
 
 
 def test_predict_a_folder_of_photographs_with_bad_files_among_them(tmp_path, mit1003_dir, predictor_file, capsys):
@@ -167,3 +172,148 @@ def test_output_names_stay_unique():
 
     paths = [pathlib.Path(p) for p in ("x/a.jpg", "y/a.png", "a-2.jpg", "z/a.jpeg")]
     assert _output_stems(paths) == ["a", "a-2", "a-2-2", "a-3"]
+
+
+def test_out_holding_the_inputs_never_overwrites_them(tmp_path, predictor_file, capsys, monkeypatch):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(image_cases.photo()).save(folder / "photo.png")
+    Image.fromarray(image_cases.photo(seed=1)).save(folder / "other.jpg")
+    (folder / "link.png").symlink_to(folder / "photo.png")  # an output named like a link to an input
+    originals = {p.name: p.read_bytes() for p in folder.iterdir() if not p.is_symlink()}
+    monkeypatch.chdir(folder)
+    code = main(["predict", "photo.png", str(folder / "other.jpg"), str(folder / "link.png"),
+                 "--heads", str(predictor_file), "--out", "."])
+    captured = capsys.readouterr()
+    assert code == 1 and "Traceback" not in captured.err
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if not p.is_symlink()} == {
+        **originals, "other.npy": (folder / "other.npy").read_bytes(), "other.png": (folder / "other.png").read_bytes()}
+    errors = error_lines(captured.err)
+    assert len(errors) == 2, errors
+    assert all("would replace an input image" in e for e in errors)
+    assert any("photo.png" in e for e in errors) and any("link.png" in e for e in errors)
+    assert not (folder / "photo.npy").exists()  # refused as a whole, no half result
+    check_outputs(folder, "other", image_cases.SIZE)
+    # An earlier run's outputs are replaced, as --help says.
+    before = (folder / "other.npy").stat().st_mtime_ns
+    assert main(["predict", "other.jpg", "--heads", str(predictor_file), "--out", "."]) == 0
+    assert (folder / "other.npy").stat().st_mtime_ns > before
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "an input file never is" in " ".join(capsys.readouterr().out.split())
+
+
+def test_output_names_that_differ_only_in_case_stay_apart():
+    from deepgaze_jax.cli import _output_stems
+
+    assert _output_stems([pathlib.Path("x/Photo.jpg"), pathlib.Path("y/photo.png")]) == ["Photo", "photo-2"]
+
+
+def test_out_that_is_a_file_is_named_in_one_line(tmp_path, predictor_file, capsys):
+    Image.fromarray(image_cases.photo()).save(tmp_path / "photo.png")
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    assert main(["predict", str(tmp_path / "photo.png"), "--heads", str(predictor_file),
+                 "--out", str(tmp_path / "notes.txt")]) == 1
+    captured = capsys.readouterr()
+    (line,) = error_lines(captured.err)
+    assert "notes.txt" in line and "is a file, not a folder" in line and "File exists" not in line
+    assert (tmp_path / "notes.txt").read_text() == "a file, not a folder"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a file system that stores any bytes in names")
+def test_a_file_name_that_is_not_utf8_is_drawn_and_the_batch_goes_on(tmp_path, predictor_file, capsys):
+    folder = os.fsencode(tmp_path / "in")
+    os.mkdir(folder)
+    names = [b"a.png", b"bad\xffname.png", b"c.png"]
+    for seed, name in enumerate(names):
+        Image.fromarray(image_cases.photo(seed=seed)).save(os.path.join(folder, name))
+    out = tmp_path / "out"
+    code = main(["predict", os.fsdecode(folder), "--heads", str(predictor_file), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    for name in names:
+        check_outputs(out, os.fsdecode(name)[:-4], image_cases.SIZE)
+    assert "bad\\xffname.png" in captured.out and "wrote 3 prediction(s)" in captured.out
+
+
+def test_a_failure_while_drawing_or_writing_names_the_image_and_the_run_goes_on(tmp_path, predictor_file,
+                                                                               capsys, monkeypatch):
+    from deepgaze_jax import plotting
+
+    for seed, name in enumerate(["a.png", "b.png", "c.png"]):
+        Image.fromarray(image_cases.photo(seed=seed)).save(tmp_path / name)
+    real = plotting.prediction_png
+
+    def flaky(image, density, *args, title=None, **kwargs):
+        if title == "b.png":
+            raise TypeError("a drawing bug")
+        return real(image, density, *args, title=title, **kwargs)
+
+    monkeypatch.setattr(plotting, "prediction_png", flaky)
+    out = tmp_path / "out"
+    code = main(["predict", str(tmp_path / "*.png"), "--heads", str(predictor_file), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1 and "Traceback" not in captured.err
+    (line,) = error_lines(captured.err)
+    assert "b.png" in line and "TypeError: a drawing bug" in line
+    check_outputs(out, "a", image_cases.SIZE)
+    check_outputs(out, "c", image_cases.SIZE)
+    assert not (out / "b.npy").exists() and not (out / "b.png").exists()
+    assert "wrote 2 prediction(s)" in captured.out and "1 failed" in captured.out
+
+
+def test_a_phone_photo_is_predicted_upright_as_its_exif_orientation_says(tmp_path, predictor_file):
+    from deepgaze_jax.images import load_image
+
+    tagged, plain = image_cases.exif_oriented_jpeg(6)
+    (tmp_path / "phone.jpg").write_bytes(tagged)
+    Image.fromarray(np.rot90(load_image(plain), -1)).save(tmp_path / "turned.png")  # turned by hand, lossless
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "phone.jpg"), str(tmp_path / "turned.png"), "--heads", str(predictor_file),
+                 "--out", str(out), "--no-png"]) == 0
+    upright = image_cases.SIZE[::-1]
+    np.testing.assert_array_equal(check_outputs(out, "phone", upright, png=False),
+                                  check_outputs(out, "turned", upright, png=False))
+
+
+def test_the_pixel_limit_and_the_read_ahead_are_bounded(tmp_path, predictor_file, capsys, monkeypatch):
+    from deepgaze_jax import cli
+
+    for seed, name in enumerate(["a.png", "c.png", "d.png"]):
+        Image.fromarray(image_cases.photo(seed=seed)).save(tmp_path / name)
+    Image.fromarray(image_cases.photo((100, 120))).save(tmp_path / "b.png")  # 12000 pixels
+    chunks = []
+    real = cli._batches
+    monkeypatch.setattr(cli, "_batches", lambda images, size: chunks.append(sorted(images)) or real(images, size))
+    monkeypatch.setattr(cli, "CHUNK_PIXELS", image_cases.SIZE[0] * image_cases.SIZE[1])  # one image a chunk
+    out = tmp_path / "out"
+    code = main(["predict", str(tmp_path / "*.png"), "--heads", str(predictor_file), "--out", str(out),
+                 "--max-pixels", "10000", "--no-png"])
+    captured = capsys.readouterr()
+    assert code == 1
+    (line,) = error_lines(captured.err)
+    assert "b.png" in line and "120x100 = 12000 pixels exceeds the limit of 10000" in line
+    assert chunks == [[0], [2], [3]]
+    for name in ("a", "c", "d"):
+        check_outputs(out, name, image_cases.SIZE, png=False)
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--max-pixels" in help_text and "64,000,000" in help_text and "GiB" in help_text
+
+
+def test_a_folder_that_cannot_be_listed_is_named_and_the_others_go_on(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (tmp_path / "a.jpg").write_bytes(b"")
+    real = pathlib.Path.iterdir
+
+    def iterdir(self):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(pathlib.Path, "iterdir", iterdir)  # root may list any folder, so simulate it
+    paths, problems = expand_inputs([str(locked), str(tmp_path / "a.jpg")])
+    assert [p.name for p in paths] == ["a.jpg"]
+    assert problems == [f"{locked}: cannot list the folder (Permission denied)"]

@@ -161,3 +161,18 @@ def test_extra_data_with_one_observer_or_the_same_folder_is_refused_before_compu
     assert not list((tmp_path / "cache").glob("features_*"))  # nothing computed
     assert cli.main(args + ["--extra-data", str(mit1003_dir)]) == 1
     assert "the datasets must differ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"[1, 2]", "expected a JSON object of TrainConfig fields, got list"),
+    (b'"fast"', "expected a JSON object of TrainConfig fields, got str"),
+    (b"3", "expected a JSON object of TrainConfig fields, got int"),
+    (b"\xff\xfe{}", "not UTF-8 text, so not JSON (invalid start byte at byte 0)"),
+])
+def test_a_config_that_is_not_a_json_object_fails_in_one_line(tmp_path, capsys, data, message):
+    config = tmp_path / "config.json"
+    config.write_bytes(data)
+    status = cli.main(["train", "--data", str(tmp_path), "--config", str(config)])
+    err = capsys.readouterr().err
+    assert status == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"config.json: {message}" in err, err

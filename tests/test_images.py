@@ -81,3 +81,16 @@ def test_arrays():
         as_rgb_array(np.zeros((4, 5, 4), np.uint8))
     with pytest.raises(ImageError, match="NaN"):
         as_rgb_array(np.full((4, 5, 3), np.nan, np.float32))
+
+
+@pytest.mark.parametrize("orientation,turns", [(6, -1), (8, 1)])  # 6: shown turned clockwise, 8: counter-
+def test_exif_orientation_is_applied(tmp_path, orientation, turns):
+    from tests import image_cases
+
+    tagged, plain = image_cases.exif_oriented_jpeg(orientation)
+    stored = load_image(plain)
+    assert stored.shape == (*image_cases.SIZE, 3)
+    upright = np.rot90(stored, turns)  # the same compressed pixels, turned as a viewer shows them
+    np.testing.assert_array_equal(load_image(tagged), upright)  # bytes, as the service reads uploads
+    (tmp_path / "phone.jpg").write_bytes(tagged)
+    np.testing.assert_array_equal(load_image(tmp_path / "phone.jpg"), upright)

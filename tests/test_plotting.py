@@ -58,3 +58,35 @@ def test_prediction_and_training_curve_pictures(tmp_path):
             assert png.format == "PNG" and png.width > 300
     with pytest.raises(ValueError, match="empty"):
         plotting.save_training_curves(tmp_path / "none.png", [])
+
+
+def test_shrink_for_drawing_averages_blocks_of_colour_and_probability():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    log_p = density((5, 7))
+    small_image, small_log_p, k = plotting.shrink_for_drawing(image, log_p, max_side=3)
+    assert k == 3 and small_image.shape == (2, 3, 3) and small_log_p.shape == (2, 3)
+    p = np.exp(log_p.astype(np.float64))
+    for r in range(2):
+        for c in range(3):  # blocks of 3x3, fewer pixels at the right and bottom edges
+            block = (slice(3 * r, 3 * r + 3), slice(3 * c, 3 * c + 3))
+            np.testing.assert_allclose(np.exp(small_log_p[r, c]), p[block].mean(), rtol=1e-5)
+            np.testing.assert_allclose(small_image[r, c], image[block].reshape(-1, 3).mean(0), atol=1)  # Pillow's fixed point
+    counts = np.outer([3, 2], [3, 3, 1])
+    np.testing.assert_allclose((np.exp(small_log_p.astype(np.float64)) * counts).sum(), 1.0, rtol=1e-5)  # mass kept
+    same = plotting.shrink_for_drawing(image, log_p, max_side=7)
+    assert same[0] is image and same[1] is log_p and same[2] == 1
+
+
+def test_a_huge_image_is_drawn_shrunk(monkeypatch):
+    monkeypatch.setattr(plotting, "DRAW_MAX_SIDE", 40)
+    image = np.full((120, 160, 3), 90, np.uint8)
+    with Image.open(io.BytesIO(plotting.prediction_png(image, density((120, 160)), [10, 150], [5, 100]))) as png:
+        assert png.format == "PNG" and png.width > 300
+    with Image.open(io.BytesIO(plotting.overlay_png(image, density((120, 160)), max_side=20))) as png:
+        assert png.size == (20, 15)
+    seen = []
+    real = plotting.draw_prediction
+    monkeypatch.setattr(plotting, "draw_prediction", lambda ax, im, d, *a, **kw: seen.append(d.shape) or real(ax, im, d, *a, **kw))
+    plotting.prediction_png(image, density((120, 160)))
+    assert seen == [(30, 40)]  # drawn at 1/4

@@ -101,3 +101,22 @@ def test_widened_heads_ignore_the_extra_layers_exactly():
     assert not np.allclose(wide.head(wide_head, features, centerbias), wide.head(wide_head, changed, centerbias))
     with pytest.raises(ValueError, match="cannot widen heads of 3584 input channels to 2560"):
         predict.widen_heads(widened, 2560)
+
+
+def test_a_large_image_needs_no_full_size_float_intermediate(heads_file):
+    # The backbone reads the image shrunk by 2 and the finalizer works on a small grid, so besides its
+    # inputs and the (B, H, W) output the compiled prediction holds less than one (H, W) float32 map.
+    # (A 64-megapixel image peaked at 1.9 GB resident in `deepgaze predict`, experiments/BENCHMARKS.md.)
+    from deepgaze_jax.model import DeepGaze
+
+    p = predict.load_predictor(path=heads_file[0])
+    height, width = 2000, 3000
+    images = jax.ShapeDtypeStruct((1, height, width, 3), np.uint8)
+    centerbias = jax.ShapeDtypeStruct((1, height, width), np.float32)
+    compiled = DeepGaze.apply_ensemble.lower(p.model, p.backbone, p.heads, images, centerbias).compile()
+    memory = compiled.memory_analysis()
+    if memory is None:
+        pytest.skip("this backend reports no memory analysis")
+    full_map = height * width * 4
+    assert memory.output_size_in_bytes == full_map
+    assert memory.temp_size_in_bytes < full_map, memory.temp_size_in_bytes / full_map

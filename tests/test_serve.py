@@ -260,3 +260,15 @@ def test_the_page_shows_the_overlay_after_an_upload(browser, server, tmp_path):
     browser.find_element(By.ID, "file").send_keys(str(bad))
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
     assert "not an image" in browser.find_element(By.ID, "error").text
+
+
+def test_a_phone_photo_is_predicted_upright_as_its_exif_orientation_says(client):
+    tagged, plain = image_cases.exif_oriented_jpeg(8)
+    turned = image_cases.encode(Image.open(io.BytesIO(plain)).transpose(Image.Transpose.ROTATE_90))
+    densities = []
+    for data, kind in ((tagged, "image/jpeg"), (turned, "image/png")):
+        answer = client.post("/predict.npy", content=data, headers={"content-type": kind})
+        assert answer.status_code == 200, answer.text
+        densities.append(np.load(io.BytesIO(answer.content)))
+    assert densities[0].shape == image_cases.SIZE[::-1]
+    np.testing.assert_array_equal(densities[0], densities[1])

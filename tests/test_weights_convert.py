@@ -357,3 +357,37 @@ def test_cli_help_subprocess():
         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def _bad_checkpoints(folder) -> dict[str, tuple[bytes, str]]:
+    """name -> (file contents, what the one-line error must say)."""
+    from weights_convert import lpips_weights_path
+
+    whole = lpips_weights_path("alexnet").read_bytes()
+    return {
+        "empty.ckpt": (b"", "empty.ckpt: empty file (0 bytes)"),
+        "truncated.ckpt": (whole[: len(whole) // 3], "truncated.ckpt: not a readable pickle, truncated or corrupt"),
+        "text.ckpt": (b"not a pickle at all", "text.ckpt: not a readable pickle"),
+        "global.ckpt": (pickle.dumps({"a": os.getcwd}), "global.ckpt: refusing to load global"),
+        "objects.ckpt": (pickle.dumps({"a": {"b": np.array([1, "s"], dtype=object)}}),
+                         "objects.ckpt: a/b: array of dtype object is not numeric"),
+        "list.ckpt": (pickle.dumps([np.zeros(2)]), "list.ckpt: expected a dict at the top level, got list"),
+    }
+
+
+def test_bad_lpips_checkpoints_fail_in_one_line(tmp_path, capsys):
+    for name, (data, message) in _bad_checkpoints(tmp_path).items():
+        (tmp_path / name).write_bytes(data)
+        assert cli_main(["lpips", "alexnet", "--ckpt", str(tmp_path / name), "--out", str(tmp_path / "o.safetensors")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, (name, err)
+        assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_a_bad_checkpoint_through_the_deepgaze_command_has_no_traceback(tmp_path):
+    (tmp_path / "truncated.ckpt").write_bytes(b"\x80\x04\x95")
+    done = subprocess.run([sys.executable, "-m", "deepgaze_jax.cli", "convert", "lpips", "alexnet", "--ckpt",
+                           str(tmp_path / "truncated.ckpt"), "--out", str(tmp_path / "o.safetensors")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and "truncated.ckpt: not a readable pickle" in done.stderr

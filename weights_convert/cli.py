@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import pickle
 import sys
 from collections.abc import Sequence
 
@@ -60,7 +61,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m weights_conve
             tree = convert_deepgaze1(args.input)
             meta = {"model": "deepgaze1", "source": f"deepgaze_pytorch:{args.input.name}"}
         save_params(args.out, tree, meta)
-    except (OSError, ValueError, TypeError, ImportError) as e:
+    except (OSError, ValueError, TypeError, ImportError, pickle.UnpicklingError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     flat = flatten_params(tree)

@@ -76,19 +76,33 @@ def load_numpy_pickle(source: str | os.PathLike[str] | bytes | BinaryIO) -> dict
 
     Raises:
       UnsafePickleError: the pickle references a global outside :data:`ALLOWED_GLOBALS`, or holds
-        anything other than nested dicts of numeric arrays. Named in the message.
+        anything other than nested dicts of numeric arrays.
+      ValueError: the data is empty, truncated or not a pickle.
+      Each message starts with the file's name (``<bytes>`` for bytes).
     """
     if isinstance(source, bytes):
-        obj = NumpyOnlyUnpickler(io.BytesIO(source)).load()
+        name = "<bytes>"
     elif hasattr(source, "read"):
-        obj = NumpyOnlyUnpickler(source).load()  # type: ignore[arg-type]
+        name = str(getattr(source, "name", "<stream>"))
     else:
-        with open(source, "rb") as f:
-            try:
+        name = os.fspath(source)
+        if os.path.getsize(source) == 0:
+            raise ValueError(f"{name}: empty file (0 bytes), not a pickle")
+    try:
+        if isinstance(source, bytes):
+            obj = NumpyOnlyUnpickler(io.BytesIO(source)).load()
+        elif hasattr(source, "read"):
+            obj = NumpyOnlyUnpickler(source).load()  # type: ignore[arg-type]
+        else:
+            with open(source, "rb") as f:
                 obj = NumpyOnlyUnpickler(f).load()
-            except UnsafePickleError as e:
-                raise UnsafePickleError(f"{os.fspath(source)}: {e}") from None
-    if not isinstance(obj, dict):
-        raise UnsafePickleError(f"expected a dict at the top level, got {type(obj).__name__}")
-    _check_tree(obj, "")
+        if not isinstance(obj, dict):
+            raise UnsafePickleError(f"expected a dict at the top level, got {type(obj).__name__}")
+        _check_tree(obj, "")
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{name}: {e}") from None
+    except OSError:
+        raise
+    except Exception as e:  # pickle reports truncated or corrupt data with many types (EOFError, KeyError, ...)
+        raise ValueError(f"{name}: not a readable pickle, truncated or corrupt ({type(e).__name__}: {e})") from None
     return obj
