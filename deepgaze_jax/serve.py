@@ -19,8 +19,8 @@ already in progress, 503 when ``max_waiting`` fully received requests are alread
 
 The model runs on one thread (:class:`Batcher`): requests for images of one size that arrive within
 ``batch_window_ms`` of each other are predicted in one call of up to ``max_batch`` images. Decoding,
-summaries and ``.npy`` encoding run on a small thread pool, and drawing the overlay on a thread of its
-own, so neither holds up the model. Executables are compiled ahead of time per (batch, height, width)
+summaries and ``.npy`` encoding run on a small thread pool, and drawing the overlay (:func:`overlay_png`)
+on a thread of its own, so neither holds up the model. Executables are compiled ahead of time per (batch, height, width)
 and the ``max_compiled`` most recently used are kept (:class:`CompiledModel`).
 """
 
@@ -93,6 +93,54 @@ def summarize(log_density: np.ndarray) -> dict:
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(array, np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def overlay_png(image: np.ndarray, log_density: np.ndarray, max_side: int | None = 1024,
+                masses: Sequence[float] = plotting.MASSES, heat_alpha: float = 0.55, cmap: str = "inferno") -> bytes:
+    """PNG bytes of the page's picture: ``image`` ``(H, W, 3)`` (0..255) with the ``(H, W)`` log density
+    (nats) as a translucent heat map and white lines enclosing ``masses`` of the probability, shrunk so
+    that the longer side is at most ``max_side`` pixels.
+
+    The look of :func:`deepgaze_jax.plotting.overlay_png`, drawn with PIL and contourpy (matplotlib's
+    contouring library) instead of a matplotlib figure: 0.3 s for a 1024x768 photograph against 0.8 s
+    (the busy 2-core CPU), which matters where drawing bounds the service's throughput."""
+    import contourpy
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    log_density = np.asarray(log_density, np.float32)
+    height, width = log_density.shape
+    if np.shape(image)[:2] != (height, width):
+        raise ValueError(f"image of shape {np.shape(image)} does not match density of shape {log_density.shape}")
+    scale = min(1.0, max_side / max(height, width)) if max_side else 1.0
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    photo = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8)).convert("RGBA")
+    density = Image.fromarray(np.exp(log_density - log_density.max()), "F")  # 1 at the peak
+    if size != (width, height):
+        photo, density = photo.resize(size, Image.Resampling.LANCZOS), density.resize(size, Image.Resampling.BILINEAR)
+    density = np.clip(np.asarray(density), 0.0, 1.0)
+    heat = colormaps[cmap](density, bytes=True)
+    # Opacity grows with the square root of the density so that broad, low regions still show.
+    heat[..., 3] = np.round(255 * heat_alpha * np.sqrt(density)).astype(np.uint8)
+    photo.alpha_composite(Image.fromarray(heat, "RGBA"))
+    picture = photo.convert("RGB")
+    levels = plotting.mass_thresholds(log_density, masses)
+    if len(np.unique(levels)) == len(levels) and np.ptp(log_density) > 0:  # a flat map has no lines
+        draw = ImageDraw.Draw(picture)
+        generator = contourpy.contour_generator(z=log_density)
+        for level, mass in zip(levels, masses):
+            # contourpy's (x, y) are array indices; pixel (i, j) covers [j, j + 1) x [i, i + 1) in PIL.
+            lines = [[((x + 0.5) * scale, (y + 0.5) * scale) for x, y in line] for line in generator.lines(level)]
+            for colour, line_width in (("black", 4), ("white", 2)):
+                for line in lines:
+                    draw.line(line, fill=colour, width=line_width, joint="curve")
+            if lines:
+                x, y = max(lines, key=len)[0]
+                draw.text((x, y), f"{round(100 * mass)}%", fill="white", stroke_width=2, stroke_fill="black",
+                          anchor="mm")
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG", compress_level=3)
     return buffer.getvalue()
 
 
@@ -295,7 +343,7 @@ def create_app(predictor, *, name: str = "deepgaze", max_upload_bytes: int = DEF
         return result
 
     def overlay(image: np.ndarray, density: np.ndarray) -> str:
-        return base64.b64encode(plotting.overlay_png(image, density, max_side=overlay_max_side)).decode("ascii")
+        return base64.b64encode(overlay_png(image, density, max_side=overlay_max_side)).decode("ascii")
 
     async def receive(request: Request) -> tuple[bytes, str]:
         client = request.client.host if request.client else "unknown"

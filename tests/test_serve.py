@@ -29,7 +29,7 @@ from PIL import Image
 from deepgaze_jax.cli import sample_image
 from deepgaze_jax.images import load_image
 from deepgaze_jax.predict import load_predictor
-from deepgaze_jax.serve import BackgroundServer, CompiledModel, batch_sizes, create_app, summarize
+from deepgaze_jax.serve import BackgroundServer, CompiledModel, batch_sizes, create_app, overlay_png, summarize
 from tests import image_cases
 from tests.conftest import REPO_ROOT
 
@@ -66,6 +66,25 @@ def test_summary_figures_of_a_hand_made_density():
     assert s["shape"] == [2, 2] and s["peak"] == {"x": 0, "y": 0, "log_density": pytest.approx(np.log(0.5))}
     assert s["entropy_bits"] == pytest.approx(1.75) and s["uniform_entropy_bits"] == pytest.approx(2.0)
     assert s["mass_in_top_10_percent"] == pytest.approx(0.5)
+
+
+def test_the_overlay_shows_the_heat_map_and_lines_around_the_mass():
+    height, width, sigma = 120, 160, 12.0
+    yy, xx = np.mgrid[:height, :width] + 0.5  # pixel centres
+    log_density = -((yy - 60) ** 2 + (xx - 80) ** 2) / (2 * sigma**2)
+    log_density -= scipy.special.logsumexp(log_density)
+    gray = np.full((height, width, 3), 128, np.uint8)
+    picture = np.asarray(Image.open(io.BytesIO(overlay_png(gray, log_density, max_side=None)))).astype(int)
+    assert picture.shape == (height, width, 3)
+    assert (picture[:5, :5] == 128).all() and (picture[60, 80] != 128).any()  # tinted at the peak only
+    # An isotropic Gaussian holds mass m within radius sigma * sqrt(-2 ln(1 - m)): 9.1, 14.1, 20.0 px.
+    white = np.flatnonzero((picture[60] >= 250).all(axis=1)) + 0.5
+    for mass in (0.25, 0.5, 0.75):
+        radius = sigma * np.sqrt(-2 * np.log(1 - mass))
+        assert np.abs(np.abs(white - 80) - radius).min() < 1.5, (mass, white)
+    assert Image.open(io.BytesIO(overlay_png(gray, log_density, max_side=80))).size == (80, 60)
+    flat = np.full((height, width), -np.log(height * width))
+    assert Image.open(io.BytesIO(overlay_png(gray, flat, max_side=None))).size == (width, height)
 
 
 def test_it_binds_to_loopback_and_answers_health(server, client):
