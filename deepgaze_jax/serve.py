@@ -226,7 +226,8 @@ class Batcher:
 
     The oldest waiting image opens a window of ``window_s`` seconds; when it closes (or ``max_batch``
     images of its size are waiting) those images, oldest first, run in one call. Images of other sizes
-    wait for their own batch. ``log`` keeps the last 1000 batches as ``((height, width), size)``.
+    wait for their own batch. ``log`` keeps the last 1000 batches as ``((height, width), size)``;
+    ``busy_s`` is the time spent predicting (seconds, all batches).
     """
 
     def __init__(self, model: CompiledModel, window_s: float = DEFAULT_BATCH_WINDOW_MS / 1e3,
@@ -235,6 +236,7 @@ class Batcher:
             raise ValueError(f"need max_batch >= 1 and window_s >= 0, got {max_batch} and {window_s}")
         self.model, self.window_s, self.max_batch = model, window_s, max_batch
         self.log: collections.deque[tuple[tuple[int, int], int]] = collections.deque(maxlen=1000)
+        self.busy_s = 0.0
         self._pending: dict[tuple[int, int], list[_Job]] = {}
         self._cond = threading.Condition()
         self._closed = False
@@ -282,12 +284,15 @@ class Batcher:
             key, jobs = taken
             if not jobs:
                 continue
+            start = time.perf_counter()
             try:
                 densities = self.model(np.stack([job.image for job in jobs]), self.max_batch)
+                self.busy_s += time.perf_counter() - start
                 self.log.append((key, len(jobs)))
                 for job, density in zip(jobs, densities):
                     job.future.set_result((density, len(jobs)))
             except Exception as e:  # the requests answer it; the thread goes on
+                self.busy_s += time.perf_counter() - start
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(e)
@@ -309,8 +314,8 @@ def create_app(predictor, *, name: str = "deepgaze", max_upload_bytes: int = DEF
     (408); one client address has at most ``max_uploads_per_client`` uploads in progress (429); with
     ``max_waiting`` fully received requests in line, another is answered 503 at once. At most
     ``max_compiled`` executables are kept. Requests of one image size arriving within
-    ``batch_window_ms`` milliseconds run as one batch of at most ``max_batch`` (0 and 1: one at a
-    time). ``overlay_max_side`` caps the overlay picture's longer side (pixels).
+    ``batch_window_ms`` milliseconds run as one batch of at most ``max_batch`` (window 0 and batch 1:
+    one at a time). ``overlay_max_side`` caps the overlay picture's longer side (pixels).
     """
     model = CompiledModel(predictor, max_compiled)
     batcher = Batcher(model, batch_window_ms / 1e3, max_batch)
@@ -434,6 +439,7 @@ def create_app(predictor, *, name: str = "deepgaze", max_upload_bytes: int = DEF
                 "max_uploads_per_client": max_uploads_per_client, "max_waiting": max_waiting,
                 "max_compiled": max_compiled, "compiled": [list(k) for k in model.held()],
                 "batch_window_ms": batch_window_ms, "max_batch": max_batch,
+                "model_busy_s": round(batcher.busy_s, 3),
                 "batches": [{"shape": list(shape), "size": size} for shape, size in list(batcher.log)[-100:]]}
 
     @app.post("/predict")

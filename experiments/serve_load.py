@@ -187,23 +187,31 @@ def compare(args: argparse.Namespace) -> dict:
             (("/predict.npy", args.requests), ("/predict", args.predict_requests)) if count
             for service in ("old", "new")]
     collected = {(s, e): {"latencies_ms": [], "errors": [], "wall_s": 0.0} for s, e, _ in runs}
+    busy = {e: 0.0 for _, e, _ in runs}  # the new service's model thread, seconds predicting
     load_before = os.getloadavg()
     with serve.BackgroundServer(old_app) as old_server, serve.BackgroundServer(new_app) as new_server:
+        import httpx
+
         urls = {"old": old_server.url, "new": new_server.url}
+
+        def model_busy_s() -> float:
+            return httpx.get(urls["new"] + "/health", timeout=60).json()["model_busy_s"]
+
         for service, endpoint, _ in runs:  # untimed: connections, threads, first calls
             measure(urls[service], uploads, 2 * args.concurrency, args.concurrency, endpoint)
         for r in range(args.rounds):
             for service, endpoint, count in (runs if r % 2 == 0 else runs[::-1]):
                 share = count // args.rounds + (1 if r < count % args.rounds else 0)
+                before = model_busy_s()
                 m = measure(urls[service], uploads, share, args.concurrency, endpoint)
+                if service == "new":
+                    busy[endpoint] += model_busy_s() - before
                 c = collected[(service, endpoint)]
                 c["latencies_ms"] += m["latencies_ms"]
                 c["errors"] += m["errors"]
                 c["wall_s"] += m["wall_s"]
                 print(f"round {r}: {service} {endpoint}: {share} requests in {m['wall_s']:.1f} s, "
                       f"{len(m['errors'])} errors", flush=True)
-        import httpx
-
         batches = httpx.get(urls["new"] + "/health", timeout=60).json()["batches"]  # the last 100
         rss = None
         if args.rss_requests:
@@ -214,6 +222,8 @@ def compare(args: argparse.Namespace) -> dict:
                    **{k: v for k, v in figures(m["latencies_ms"], m["errors"], m["wall_s"]).items()
                       if k in ("errors", "first_errors", "p50_ms", "p95_ms", "requests_per_s")}}
     results = {f"{s} {e}": figures(**collected[(s, e)]) for s, e, _ in runs}
+    for _, e, _ in runs:
+        results[f"new {e}"]["model_busy_fraction"] = round(busy[e] / collected[("new", e)]["wall_s"], 2)
     ratios = {}
     for _, endpoint, _ in runs[::2]:
         o, n = results[f"old {endpoint}"], results[f"new {endpoint}"]
@@ -254,6 +264,9 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {service} | `{endpoint}` | {r['requests']} | {r['errors']} | {r['requests_per_s']} | "
                      f"{r['p50_ms']} | {r['p95_ms']} | {r['max_ms']} |")
     lines.append("")
+    busy = {k.split(" ", 1)[1]: r["model_busy_fraction"] for k, r in doc["results"].items() if "model_busy_fraction" in r}
+    lines.append(f"- Share of the new service's wall time its model thread spent predicting: {busy} (near 1: the "
+                 "model's compute bounds the throughput).")
     for endpoint, ratio in doc["ratios"].items():
         lines.append(f"- `{endpoint}`: new/old throughput {ratio['throughput_new_over_old']}x, old/new p95 "
                      f"{ratio['p95_old_over_new']}x (above 1: the new service is better).")
