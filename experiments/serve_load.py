@@ -305,8 +305,8 @@ def main(argv=None) -> int:
 
     stamp = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "command": " ".join(["python", *sys.argv]) if argv is None else "serve_load.main(" + repr(argv) + ")",
-             "git_commit": _git("rev-parse", "HEAD") + (" (with uncommitted changes)" if _git(
-                 "status", "--porcelain", "--untracked-files=no") else ""),
+             "git_commit": _git("rev-parse", "HEAD") + (" (with uncommitted changes to the code)" if _git(
+                 "status", "--porcelain", "--", "deepgaze_jax", "experiments/serve_load.py") else ""),
              "machine": args.machine}
     if args.url:
         doc = {**stamp, "url": args.url,
