@@ -347,7 +347,7 @@ def create_app(predictor, *, name: str = "deepgaze", max_upload_bytes: int = DEF
             result["log_density_npy_b64"] = base64.b64encode(_npy_bytes(density)).decode("ascii")
         return result
 
-    def overlay(image: np.ndarray, density: np.ndarray) -> str:
+    def overlay_b64(image: np.ndarray, density: np.ndarray) -> str:
         return base64.b64encode(overlay_png(image, density, max_side=overlay_max_side)).decode("ascii")
 
     async def receive(request: Request) -> tuple[bytes, str]:
@@ -398,7 +398,7 @@ def create_app(predictor, *, name: str = "deepgaze", max_upload_bytes: int = DEF
             if npy:
                 answer = await loop.run_in_executor(cpu, _npy_bytes, density)
             else:
-                pending = loop.run_in_executor(draw, overlay, image, density) if draw_overlay else None
+                pending = loop.run_in_executor(draw, overlay_b64, image, density) if draw_overlay else None
                 answer = await loop.run_in_executor(cpu, describe, density, include_density)
                 if pending is not None:
                     answer["overlay_png_b64"] = await pending
