@@ -311,7 +311,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub) -> None:
-    from deepgaze_jax.serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+    from deepgaze_jax import serve
 
     p = sub.add_parser(
         "serve", help="run the web page and JSON API",
@@ -321,10 +321,26 @@ def _add_serve(sub) -> None:
     _add_model_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
-                   help=f"largest request body in MiB (default {DEFAULT_MAX_UPLOAD_BYTES / 2**20:g})")
-    p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
-                   help=f"largest image in pixels (default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--max-upload-mb", type=float, default=serve.DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+                   help=f"largest request body in MiB (default {serve.DEFAULT_MAX_UPLOAD_BYTES / 2**20:g})")
+    p.add_argument("--max-pixels", type=_positive_int, default=serve.DEFAULT_MAX_PIXELS,
+                   help=f"largest image in pixels (default {serve.DEFAULT_MAX_PIXELS})")
+    p.add_argument("--body-timeout", type=float, default=serve.DEFAULT_BODY_TIMEOUT_S, metavar="SECONDS",
+                   help=f"time a client has to send its request body; 408 after it (default "
+                        f"{serve.DEFAULT_BODY_TIMEOUT_S:g})")
+    p.add_argument("--max-uploads-per-client", type=_positive_int, default=serve.DEFAULT_MAX_UPLOADS_PER_CLIENT,
+                   help=f"uploads one client address may send at once; 429 beyond (default "
+                        f"{serve.DEFAULT_MAX_UPLOADS_PER_CLIENT})")
+    p.add_argument("--max-waiting", type=_positive_int, default=serve.DEFAULT_MAX_WAITING,
+                   help=f"received requests in line; 503 beyond (default {serve.DEFAULT_MAX_WAITING})")
+    p.add_argument("--max-compiled", type=_positive_int, default=serve.DEFAULT_MAX_COMPILED,
+                   help=f"compiled executables kept, one per (batch, height, width), least recently used "
+                        f"dropped (default {serve.DEFAULT_MAX_COMPILED})")
+    p.add_argument("--batch-window-ms", type=float, default=serve.DEFAULT_BATCH_WINDOW_MS,
+                   help=f"how long the first request of a batch waits for others of its image size "
+                        f"(default {serve.DEFAULT_BATCH_WINDOW_MS:g})")
+    p.add_argument("--max-batch", type=_positive_int, default=serve.DEFAULT_MAX_BATCH,
+                   help=f"most images predicted in one call (default {serve.DEFAULT_MAX_BATCH})")
     p.set_defaults(func=_serve)
 
 
@@ -345,7 +361,10 @@ def _serve(args: argparse.Namespace) -> int:
     name = str(args.heads) if args.heads else args.model
     print(f"compiling {name} (warm-up) ...", flush=True)
     app = serve.create_app(predictor, name=name, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                           max_pixels=args.max_pixels)
+                           max_pixels=args.max_pixels, body_timeout_s=args.body_timeout,
+                           max_uploads_per_client=args.max_uploads_per_client, max_waiting=args.max_waiting,
+                           max_compiled=args.max_compiled, batch_window_ms=args.batch_window_ms,
+                           max_batch=args.max_batch)
     port = sock.getsockname()[1]  # --port 0 picks a free one
     print(f"serving on http://{args.host}:{port}/  (Ctrl-C to stop)", flush=True)
     serve.run(app, sock)

@@ -8,44 +8,67 @@ Endpoints (see :func:`create_app`):
   in bits, peak, ...), ``overlay_png_b64`` (the picture the page shows) and ``log_density_npy_b64``
   (the ``(H, W)`` float32 log density in nats as ``.npy`` bytes, base64; leave it out with
   ``?include_density=false``).
-- ``POST /predict.npy``: the same input; answers the raw ``.npy`` bytes.
+- ``POST /predict.npy``: the same input; answers the raw ``.npy`` bytes (nothing is drawn).
 - ``GET /health``.
-
-A request that finds ``max_waiting`` others in line is answered 503 (busy) at once.
 
 Errors answer ``{"detail": reason}``: 413 for a body or an image over the limits (decompression bombs
 included), 415 for a content type that is not an image, 400 for an empty or malformed upload, 422 for
-data that does not decode as an image (or is too small for the model).
+data that does not decode as an image (or is too small for the model), 408 for a body that does not
+arrive within ``body_timeout_s``, 429 for a client address with ``max_uploads_per_client`` uploads
+already in progress, 503 when ``max_waiting`` fully received requests are already in line.
 
-All model work (decoding, JAX, drawing) runs on one worker thread, one request at a time: JAX programs
-are compiled once per image size and are not run concurrently from several threads.
+The model runs on one thread (:class:`Batcher`): requests for images of one size that arrive within
+``batch_window_ms`` of each other are predicted in one call of up to ``max_batch`` images. Decoding,
+summaries and ``.npy`` encoding run on a small thread pool, and drawing the overlay (:func:`overlay_png`)
+on a thread of its own, so neither holds up the model. Executables are compiled ahead of time per (batch, height, width)
+and the ``max_compiled`` most recently used are kept (:class:`CompiledModel`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import html
 import io
+import logging
 import socket
 import threading
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from deepgaze_jax import plotting
 from deepgaze_jax.images import ImageError, ImageTooLargeError, load_image
+
+if TYPE_CHECKING:
+    import jax
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 DEFAULT_MAX_PIXELS = 16_000_000
 #: Image size compiled at start, (height, width); a new size compiles on its first request (about a second).
 DEFAULT_WARMUP_SHAPES = ((768, 1024),)
+#: Seconds a client has to send its whole request body (answered 408 after that).
+DEFAULT_BODY_TIMEOUT_S = 30.0
+#: Uploads one client address may be sending at once (bodies being received); more answer 429.
+DEFAULT_MAX_UPLOADS_PER_CLIENT = 8
+#: Fully received requests in line (decoding, waiting for or in the model, encoding); more answer 503.
+DEFAULT_MAX_WAITING = 32
+#: Compiled executables kept, one per (batch, height, width); a DeepGaze I one for 768x1024 holds 12-15 MB.
+DEFAULT_MAX_COMPILED = 32
+DEFAULT_BATCH_WINDOW_MS = 10.0
+DEFAULT_MAX_BATCH = 8
 
 
 def summarize(log_density: np.ndarray) -> dict:
@@ -73,77 +96,331 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def overlay_png(image: np.ndarray, log_density: np.ndarray, max_side: int | None = 1024,
+                masses: Sequence[float] = plotting.MASSES, heat_alpha: float = 0.55, cmap: str = "inferno") -> bytes:
+    """PNG bytes of the page's picture: ``image`` ``(H, W, 3)`` (0..255) with the ``(H, W)`` log density
+    (nats) as a translucent heat map and white lines enclosing ``masses`` of the probability, shrunk so
+    that the longer side is at most ``max_side`` pixels.
+
+    The look of :func:`deepgaze_jax.plotting.overlay_png`, drawn with PIL and contourpy (matplotlib's
+    contouring library) instead of a matplotlib figure: 0.3 s for a 1024x768 photograph against 0.8 s
+    (the busy 2-core CPU), which matters where drawing bounds the service's throughput."""
+    import contourpy
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    log_density = np.asarray(log_density, np.float32)
+    height, width = log_density.shape
+    if np.shape(image)[:2] != (height, width):
+        raise ValueError(f"image of shape {np.shape(image)} does not match density of shape {log_density.shape}")
+    scale = min(1.0, max_side / max(height, width)) if max_side else 1.0
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    photo = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8)).convert("RGBA")
+    density = Image.fromarray(np.exp(log_density - log_density.max()), "F")  # 1 at the peak
+    if size != (width, height):
+        photo, density = photo.resize(size, Image.Resampling.LANCZOS), density.resize(size, Image.Resampling.BILINEAR)
+    density = np.clip(np.asarray(density), 0.0, 1.0)
+    heat = colormaps[cmap](density, bytes=True)
+    # Opacity grows with the square root of the density so that broad, low regions still show.
+    heat[..., 3] = np.round(255 * heat_alpha * np.sqrt(density)).astype(np.uint8)
+    photo.alpha_composite(Image.fromarray(heat, "RGBA"))
+    picture = photo.convert("RGB")
+    levels = plotting.mass_thresholds(log_density, masses)
+    if len(np.unique(levels)) == len(levels) and np.ptp(log_density) > 0:  # a flat map has no lines
+        draw = ImageDraw.Draw(picture)
+        generator = contourpy.contour_generator(z=log_density)
+        for level, mass in zip(levels, masses):
+            # contourpy's (x, y) are array indices; pixel (i, j) covers [j, j + 1) x [i, i + 1) in PIL.
+            lines = [[((x + 0.5) * scale, (y + 0.5) * scale) for x, y in line] for line in generator.lines(level)]
+            for colour, line_width in (("black", 4), ("white", 2)):
+                for line in lines:
+                    draw.line(line, fill=colour, width=line_width, joint="curve")
+            if lines:
+                x, y = max(lines, key=len)[0]
+                draw.text((x, y), f"{round(100 * mass)}%", fill="white", stroke_width=2, stroke_fill="black",
+                          anchor="mm")
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def batch_sizes(count: int, max_batch: int) -> list[int]:
+    """Split ``count`` images into calls of powers of two at most ``max_batch`` (largest first), so that
+    a size needs at most ``log2(max_batch) + 1`` executables: 7 -> ``[4, 2, 1]``, 8 -> ``[8]``."""
+    largest = 1 << (max(1, max_batch).bit_length() - 1)
+    sizes = []
+    while count > 0:
+        size = min(largest, 1 << (count.bit_length() - 1))
+        sizes.append(size)
+        count -= size
+    return sizes
+
+
+class CompiledModel:
+    """The predictor's forward pass, compiled ahead of time per ``(batch, height, width)`` with the
+    center bias inside; the ``capacity`` most recently used executables are kept (least recently used
+    evicted), so memory for executables is bounded whatever image sizes arrive.
+
+    Each executable belongs to its own ``jax.jit`` of a fresh function, so that evicting it leaves no
+    executable in JAX's caches. Call it from one thread at a time.
+    """
+
+    def __init__(self, predictor, capacity: int = DEFAULT_MAX_COMPILED):
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self.predictor, self.capacity = predictor, capacity
+        self._executables: collections.OrderedDict[tuple[int, int, int], jax.stages.Compiled] = \
+            collections.OrderedDict()
+        self.compiles = 0
+
+    def held(self) -> list[tuple[int, int, int]]:
+        """The ``(batch, height, width)`` keys of the executables held, least recently used first."""
+        return list(self._executables)
+
+    def executable(self, key: tuple[int, int, int]) -> jax.stages.Compiled:
+        """The executable for ``key = (batch, height, width)``, compiled if it is not held."""
+        if key in self._executables:
+            self._executables.move_to_end(key)
+            return self._executables[key]
+        import jax  # here, not at the top: `deepgaze --help` imports this module
+        import jax.numpy as jnp
+
+        predictor = self.predictor
+
+        def forward(backbone, heads, images):
+            cb = jnp.broadcast_to(predictor.centerbias(images.shape[1:3]), images.shape[:3])
+            if predictor.ensemble:
+                return predictor.model.apply_ensemble(backbone, heads, images, cb)
+            return predictor.model.apply({"backbone": backbone, "head": heads}, images, cb)
+
+        spec = jax.ShapeDtypeStruct((*key, 3), jnp.float32)
+        compiled = jax.jit(forward).lower(predictor.backbone, predictor.heads, spec).compile()
+        self.compiles += 1
+        self._executables[key] = compiled
+        while len(self._executables) > self.capacity:
+            self._executables.popitem(last=False)
+        return compiled
+
+    def __call__(self, images: np.ndarray, max_batch: int = 1) -> np.ndarray:
+        """``(B, H, W, 3)`` images (0..255) -> ``(B, H, W)`` float32 log densities in nats, in calls of
+        :func:`batch_sizes` images."""
+        images = np.asarray(images, np.float32)
+        out, start = [], 0
+        for size in batch_sizes(len(images), max_batch):
+            chunk = images[start : start + size]
+            run = self.executable(chunk.shape[:3])
+            out.append(np.asarray(run(self.predictor.backbone, self.predictor.heads, chunk)))
+            start += size
+        return np.concatenate(out)
+
+
+@dataclasses.dataclass
+class _Job:
+    image: np.ndarray
+    future: concurrent.futures.Future
+    arrival: float
+
+
+class Batcher:
+    """The model's thread: predicts submitted images in batches of one image size.
+
+    The oldest waiting image opens a window of ``window_s`` seconds; when it closes (or ``max_batch``
+    images of its size are waiting) those images, oldest first, run in one call. Images of other sizes
+    wait for their own batch. ``log`` keeps the last 1000 batches as ``((height, width), size)``;
+    ``busy_s`` is the time spent predicting (seconds, all batches).
+    """
+
+    def __init__(self, model: CompiledModel, window_s: float = DEFAULT_BATCH_WINDOW_MS / 1e3,
+                 max_batch: int = DEFAULT_MAX_BATCH):
+        if max_batch < 1 or window_s < 0:
+            raise ValueError(f"need max_batch >= 1 and window_s >= 0, got {max_batch} and {window_s}")
+        self.model, self.window_s, self.max_batch = model, window_s, max_batch
+        self.log: collections.deque[tuple[tuple[int, int], int]] = collections.deque(maxlen=1000)
+        self.busy_s = 0.0
+        self._pending: dict[tuple[int, int], list[_Job]] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="deepgaze-model", daemon=True)
+        self._thread.start()
+
+    def submit(self, image: np.ndarray) -> concurrent.futures.Future:
+        """Queue an ``(H, W, 3)`` image; the future gives its ``(H, W)`` float32 log density (nats) and
+        the size of the batch it ran in."""
+        job = _Job(image, concurrent.futures.Future(), time.monotonic())
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the model thread has stopped")
+            self._pending.setdefault(image.shape[:2], []).append(job)
+            self._cond.notify()
+        return job.future
+
+    def close(self) -> None:
+        """Finish the queued work and stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=120)
+
+    def _take(self) -> tuple[tuple[int, int], list[_Job]] | None:
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if not self._pending:
+                return None
+            key = min(self._pending, key=lambda k: self._pending[k][0].arrival)
+            deadline = self._pending[key][0].arrival + self.window_s
+            while (len(self._pending[key]) < self.max_batch and not self._closed
+                   and (left := deadline - time.monotonic()) > 0):
+                self._cond.wait(left)
+            jobs, rest = self._pending[key][: self.max_batch], self._pending[key][self.max_batch :]
+            if rest:
+                self._pending[key] = rest
+            else:
+                del self._pending[key]
+        return key, [job for job in jobs if job.future.set_running_or_notify_cancel()]
+
+    def _loop(self) -> None:
+        while (taken := self._take()) is not None:
+            key, jobs = taken
+            if not jobs:
+                continue
+            start = time.perf_counter()
+            try:
+                densities = self.model(np.stack([job.image for job in jobs]), self.max_batch)
+                self.busy_s += time.perf_counter() - start
+                self.log.append((key, len(jobs)))
+                for job, density in zip(jobs, densities):
+                    job.future.set_result((density, len(jobs)))
+            except Exception as e:  # the requests answer it; the thread goes on
+                self.busy_s += time.perf_counter() - start
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+
+
 def create_app(predictor, *, name: str = "deepgaze", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_pixels: int = DEFAULT_MAX_PIXELS,
                warmup_shapes: Sequence[tuple[int, int]] = DEFAULT_WARMUP_SHAPES,
-               overlay_max_side: int = 1024, max_waiting: int = 32) -> FastAPI:
+               overlay_max_side: int = 1024, max_waiting: int = DEFAULT_MAX_WAITING,
+               body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+               max_uploads_per_client: int = DEFAULT_MAX_UPLOADS_PER_CLIENT,
+               max_compiled: int = DEFAULT_MAX_COMPILED, batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
+               max_batch: int = DEFAULT_MAX_BATCH) -> FastAPI:
     """The FastAPI app serving ``predictor`` (a :class:`~deepgaze_jax.predict.Predictor`).
 
-    The model is compiled for ``warmup_shapes`` ((height, width) pairs) before this returns.
-    ``max_upload_bytes`` bounds the request body, ``max_pixels`` the decoded image (both answer 413);
-    with ``max_waiting`` requests already in line, another is answered 503 at once rather than queued
-    without bound. ``overlay_max_side`` caps the overlay picture's longer side (pixels).
+    The model is compiled for ``warmup_shapes`` ((height, width) pairs, every batch size of
+    :func:`batch_sizes`) before this returns. Limits: ``max_upload_bytes`` bounds the request body and
+    ``max_pixels`` the decoded image (both 413); a body must arrive within ``body_timeout_s`` seconds
+    (408); one client address has at most ``max_uploads_per_client`` uploads in progress (429); with
+    ``max_waiting`` fully received requests in line, another is answered 503 at once. At most
+    ``max_compiled`` executables are kept. Requests of one image size arriving within
+    ``batch_window_ms`` milliseconds run as one batch of at most ``max_batch`` (window 0 and batch 1:
+    one at a time). ``overlay_max_side`` caps the overlay picture's longer side (pixels).
     """
-    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepgaze-model")
+    model = CompiledModel(predictor, max_compiled)
+    batcher = Batcher(model, batch_window_ms / 1e3, max_batch)
+    cpu = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="deepgaze-cpu")
+    draw = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepgaze-draw")
     members = _members(predictor)
-    stats = {"predicted": 0, "refused": 0, "in_line": 0}
+    # Counters change on the event loop thread only: no lock needed.
+    stats = {"predicted": 0, "refused": 0, "in_line": 0, "receiving": 0}
+    uploads: collections.Counter[str] = collections.Counter()
 
     def warm() -> None:
-        for shape in warmup_shapes:
-            predictor.predict(np.zeros((*shape, 3), np.uint8))
+        for height, width in warmup_shapes:
+            for size in sorted(set(batch_sizes(2 * max_batch - 1, max_batch))):
+                model.executable((size, height, width))
 
-    worker.submit(warm).result()
+    warm()  # before any request: the model thread is idle
 
-    def work(data: bytes, filename: str, include_density: bool, overlay: bool) -> tuple[dict, np.ndarray]:
-        start = time.perf_counter()
+    def decode(data: bytes, filename: str) -> np.ndarray:
         try:
-            image = load_image(data, max_pixels=max_pixels)
+            return load_image(data, max_pixels=max_pixels)
         except ImageTooLargeError as e:
             raise HTTPException(413, str(e).replace("<bytes>", filename, 1)) from None
         except ImageError as e:
             raise HTTPException(422, str(e).replace("<bytes>", filename, 1)) from None
-        decoded = time.perf_counter()
-        try:
-            density = predictor.predict(image)
-        except ValueError as e:  # smaller than the backbone's receptive field
-            raise HTTPException(422, f"{filename}: {e}") from None
-        predicted = time.perf_counter()
+
+    def describe(density: np.ndarray, include_density: bool) -> dict:
         result = {"model": name, "summary": summarize(density)}
-        if overlay:
-            result["overlay_png_b64"] = base64.b64encode(
-                plotting.overlay_png(image, density, max_side=overlay_max_side)).decode("ascii")
         if include_density:
             result["log_density_npy_b64"] = base64.b64encode(_npy_bytes(density)).decode("ascii")
-        result["timings_ms"] = {
-            "decode": 1e3 * (decoded - start),
-            "predict": 1e3 * (predicted - decoded),
-            "draw_and_encode": 1e3 * (time.perf_counter() - predicted),
-        }
-        return result, density
+        return result
 
-    async def run(request: Request, include_density: bool, overlay: bool) -> tuple[dict, np.ndarray]:
-        # Counters change on the event loop thread only: no lock needed.
-        if stats["in_line"] >= max_waiting:
-            raise HTTPException(503, f"busy: {stats['in_line']} requests are waiting; try again shortly")
+    def overlay_b64(image: np.ndarray, density: np.ndarray) -> str:
+        return base64.b64encode(overlay_png(image, density, max_side=overlay_max_side)).decode("ascii")
+
+    async def receive(request: Request) -> tuple[bytes, str]:
+        client = request.client.host if request.client else "unknown"
+        if uploads[client] >= max_uploads_per_client:
+            raise HTTPException(429, f"{client} has {uploads[client]} uploads in progress, the limit; "
+                                     "wait for them to finish", headers={"Connection": "close"})
+        uploads[client] += 1
+        stats["receiving"] += 1
+        try:
+            async with asyncio.timeout(body_timeout_s):
+                return await _image_bytes(request, max_upload_bytes)
+        except TimeoutError:
+            raise HTTPException(408, f"the request body did not arrive within {body_timeout_s:g} s",
+                                headers={"Connection": "close"}) from None
+        finally:
+            stats["receiving"] -= 1
+            uploads[client] -= 1
+            if not uploads[client]:
+                del uploads[client]
+
+    async def run(request: Request, include_density: bool, draw_overlay: bool, npy: bool):
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        try:
+            data, filename = await receive(request)
+            if stats["in_line"] >= max_waiting:
+                raise HTTPException(503, f"busy: {stats['in_line']} requests are waiting; try again shortly")
+        except HTTPException:
+            stats["refused"] += 1
+            raise
+        except ClientDisconnect:
+            client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+            log.warning("%s disconnected before its upload was complete (%s %s)", client, request.method,
+                        request.url.path)
+            stats["refused"] += 1
+            return None
         stats["in_line"] += 1
         try:
-            data, filename = await _image_bytes(request, max_upload_bytes)
-            answer = await asyncio.get_running_loop().run_in_executor(
-                worker, work, data, filename, include_density, overlay)
+            received = time.perf_counter()
+            image = await loop.run_in_executor(cpu, decode, data, filename)
+            decoded = time.perf_counter()
+            try:
+                density, batch = await asyncio.wrap_future(batcher.submit(image))
+            except ValueError as e:  # smaller than the backbone's receptive field
+                raise HTTPException(422, f"{filename}: {e}") from None
+            predicted = time.perf_counter()
+            if npy:
+                answer = await loop.run_in_executor(cpu, _npy_bytes, density)
+            else:
+                pending = loop.run_in_executor(draw, overlay_b64, image, density) if draw_overlay else None
+                answer = await loop.run_in_executor(cpu, describe, density, include_density)
+                if pending is not None:
+                    answer["overlay_png_b64"] = await pending
+            timings = {"receive": received - start, "decode": decoded - received,
+                       "queue_and_predict": predicted - decoded, "encode_and_draw": time.perf_counter() - predicted}
         except HTTPException:
             stats["refused"] += 1
             raise
         finally:
             stats["in_line"] -= 1
         stats["predicted"] += 1
-        return answer
+        return answer, batch, {k: round(1e3 * v, 2) for k, v in timings.items()}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        worker.shutdown(wait=True)
+        batcher.close()
+        cpu.shutdown(wait=True)
+        draw.shutdown(wait=True)
 
     app = FastAPI(title="deepgaze-jax", summary="Predict where people look in an image.", lifespan=lifespan)
+    app.state.model, app.state.batcher = model, batcher
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -157,21 +434,33 @@ def create_app(predictor, *, name: str = "deepgaze", max_upload_bytes: int = DEF
     async def health() -> dict:
         return {"status": "ok", "model": name, "members": members, "images_predicted": stats["predicted"],
                 "uploads_refused": stats["refused"], "requests_in_line": stats["in_line"],
-                "max_upload_bytes": max_upload_bytes,
-                "max_pixels": max_pixels}
+                "uploads_receiving": stats["receiving"], "max_upload_bytes": max_upload_bytes,
+                "max_pixels": max_pixels, "body_timeout_s": body_timeout_s,
+                "max_uploads_per_client": max_uploads_per_client, "max_waiting": max_waiting,
+                "max_compiled": max_compiled, "compiled": [list(k) for k in model.held()],
+                "batch_window_ms": batch_window_ms, "max_batch": max_batch,
+                "model_busy_s": round(batcher.busy_s, 3),
+                "batches": [{"shape": list(shape), "size": size} for shape, size in list(batcher.log)[-100:]]}
 
     @app.post("/predict")
-    async def predict(request: Request, include_density: bool = True, overlay: bool = True) -> JSONResponse:
+    async def predict(request: Request, include_density: bool = True, overlay: bool = True) -> Response:
         """Predict one uploaded image; JSON with the summary, overlay PNG and log density (base64)."""
-        result, _ = await run(request, include_density, overlay)
-        return JSONResponse(result)
+        done = await run(request, include_density, overlay, npy=False)
+        if done is None:
+            return Response(status_code=400)  # nobody reads it: the client has gone
+        result, batch, timings = done
+        return JSONResponse({**result, "batch_size": batch, "timings_ms": timings})
 
     @app.post("/predict.npy")
     async def predict_npy(request: Request) -> Response:
         """Predict one uploaded image; the ``(H, W)`` float32 log density in nats as ``.npy`` bytes."""
-        _, density = await run(request, include_density=False, overlay=False)
-        return Response(_npy_bytes(density), media_type="application/octet-stream",
-                        headers={"Content-Disposition": 'attachment; filename="log_density.npy"'})
+        done = await run(request, include_density=False, draw_overlay=False, npy=True)
+        if done is None:
+            return Response(status_code=400)  # nobody reads it: the client has gone
+        data, batch, _ = done
+        return Response(data, media_type="application/octet-stream",
+                        headers={"Content-Disposition": 'attachment; filename="log_density.npy"',
+                                 "X-Batch-Size": str(batch)})
 
     return app
 
@@ -201,7 +490,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
     return bytes(body)
-
 
 async def _image_bytes(request: Request, limit: int) -> tuple[bytes, str]:
     """The uploaded file's bytes and name (``upload`` for a raw body), from a multipart form (field

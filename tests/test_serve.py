@@ -2,18 +2,24 @@
 headless Chromium."""
 
 import base64
+import collections
 import concurrent.futures
+import contextlib
+import gc
 import importlib.util
 import io
+import logging
 import os
 import pathlib
 import re
+import select
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -21,8 +27,9 @@ import scipy.special
 from PIL import Image
 
 from deepgaze_jax.cli import sample_image
+from deepgaze_jax.images import load_image
 from deepgaze_jax.predict import load_predictor
-from deepgaze_jax.serve import BackgroundServer, create_app, summarize
+from deepgaze_jax.serve import BackgroundServer, CompiledModel, batch_sizes, create_app, overlay_png, summarize
 from tests import image_cases
 from tests.conftest import REPO_ROOT
 
@@ -59,6 +66,25 @@ def test_summary_figures_of_a_hand_made_density():
     assert s["shape"] == [2, 2] and s["peak"] == {"x": 0, "y": 0, "log_density": pytest.approx(np.log(0.5))}
     assert s["entropy_bits"] == pytest.approx(1.75) and s["uniform_entropy_bits"] == pytest.approx(2.0)
     assert s["mass_in_top_10_percent"] == pytest.approx(0.5)
+
+
+def test_the_overlay_shows_the_heat_map_and_lines_around_the_mass():
+    height, width, sigma = 120, 160, 12.0
+    yy, xx = np.mgrid[:height, :width] + 0.5  # pixel centres
+    log_density = -((yy - 60) ** 2 + (xx - 80) ** 2) / (2 * sigma**2)
+    log_density -= scipy.special.logsumexp(log_density)
+    gray = np.full((height, width, 3), 128, np.uint8)
+    picture = np.asarray(Image.open(io.BytesIO(overlay_png(gray, log_density, max_side=None)))).astype(int)
+    assert picture.shape == (height, width, 3)
+    assert (picture[:5, :5] == 128).all() and (picture[60, 80] != 128).any()  # tinted at the peak only
+    # An isotropic Gaussian holds mass m within radius sigma * sqrt(-2 ln(1 - m)): 9.1, 14.1, 20.0 px.
+    white = np.flatnonzero((picture[60] >= 250).all(axis=1)) + 0.5
+    for mass in (0.25, 0.5, 0.75):
+        radius = sigma * np.sqrt(-2 * np.log(1 - mass))
+        assert np.abs(np.abs(white - 80) - radius).min() < 1.5, (mass, white)
+    assert Image.open(io.BytesIO(overlay_png(gray, log_density, max_side=80))).size == (80, 60)
+    flat = np.full((height, width), -np.log(height * width))
+    assert Image.open(io.BytesIO(overlay_png(gray, flat, max_side=None))).size == (width, height)
 
 
 def test_it_binds_to_loopback_and_answers_health(server, client):
@@ -137,7 +163,8 @@ def test_the_pixel_limit_answers_413(predictor_file):
 
 
 class HeldPredictor:
-    """A predictor whose ``predict`` waits until released: a request held in the worker on demand."""
+    """A predictor whose center bias waits until released: the first request of an image size, which
+    compiles the model (and so evaluates the center bias) on the model thread, is held there."""
 
     def __init__(self, predictor):
         self.predictor, self.release = predictor, threading.Event()
@@ -145,9 +172,16 @@ class HeldPredictor:
     def __getattr__(self, name):
         return getattr(self.predictor, name)
 
-    def predict(self, image):
+    def centerbias(self, shape):
         assert self.release.wait(timeout=120)
-        return self.predictor.predict(image)
+        return self.predictor.centerbias(shape)
+
+
+def wait_for(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def test_a_full_line_is_answered_503_at_once(predictor_file):
@@ -156,13 +190,113 @@ def test_a_full_line_is_answered_503_at_once(predictor_file):
     with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=120) as client, \
             concurrent.futures.ThreadPoolExecutor(1) as pool:
         first = pool.submit(client.post, "/predict", files={"image": ("a.jpg", jpeg(), "image/jpeg")})
-        deadline = time.monotonic() + 60
-        while client.get("/health").json()["requests_in_line"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: client.get("/health").json()["requests_in_line"] >= 1)
         second = client.post("/predict", files={"image": ("b.jpg", jpeg(), "image/jpeg")})
         assert second.status_code == 503 and "busy" in second.json()["detail"]
         held.release.set()
         assert first.result(timeout=120).status_code == 200
+
+
+SLOW_HEAD = (b"POST /predict.npy HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+             b"Content-Length: 100000\r\n\r\n\xff\xd8")  # 2 bytes of a declared 100 kB body
+
+
+def status_of(sock: socket.socket) -> int:
+    return int(sock.recv(4096).split(b" ", 2)[1])
+
+
+def test_slow_uploads_neither_lock_the_service_nor_stay_open(predictor_file):
+    # 64 uploads from 127.0.0.1 that send their headers and 2 bytes; a real request from 127.0.0.2
+    # (also loopback) must be answered while they hang, and they must be closed in bounded time.
+    app = create_app(load_predictor(path=predictor_file), warmup_shapes=[image_cases.SIZE],
+                     body_timeout_s=6, max_uploads_per_client=8, max_waiting=4)
+    with BackgroundServer(app) as server, contextlib.ExitStack() as stack:
+        port = int(server.url.rsplit(":", 1)[1])
+        slow = []
+        for _ in range(64):
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=30))
+            sock.sendall(SLOW_HEAD)
+            slow.append(sock)
+        wait_for(lambda: len(select.select(slow, [], [], 0)[0]) == 56, timeout=30)  # 429 at once
+        refused = select.select(slow, [], [], 0)[0]
+        assert collections.Counter(status_of(sock) for sock in refused) == {429: 56}
+        hanging = [sock for sock in slow if sock not in refused]
+        other = httpx.HTTPTransport(local_address="127.0.0.2")
+        with httpx.Client(base_url=server.url, timeout=60, transport=other) as client:
+            assert client.get("/health").json()["uploads_receiving"] == 8
+            answer = client.post("/predict.npy", content=jpeg(), headers={"content-type": "image/jpeg"})
+            assert answer.status_code == 200, answer.text
+            assert np.load(io.BytesIO(answer.content)).shape == image_cases.SIZE
+            assert select.select(hanging, [], [], 0)[0] == []  # answered while the 8 still hang
+        assert [status_of(sock) for sock in hanging] == [408] * 8
+
+
+def test_a_client_that_disconnects_mid_upload_is_one_log_line(server, client, caplog):
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addHandler(caplog.handler)  # where uvicorn logs an app's traceback; it does not propagate
+    try:
+        with caplog.at_level(logging.INFO):
+            port = int(server.url.rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(SLOW_HEAD)
+                wait_for(lambda: client.get("/health").json()["uploads_receiving"] == 1)
+            wait_for(lambda: client.get("/health").json()["uploads_receiving"] == 0)
+            wait_for(lambda: any("disconnected" in r.getMessage() for r in caplog.records), timeout=10)
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records if "disconnected" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0] and "127.0.0.1" in lines[0], lines
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_batch_sizes_are_powers_of_two_at_most_the_largest():
+    assert batch_sizes(7, 8) == [4, 2, 1] and batch_sizes(8, 8) == [8] and batch_sizes(11, 8) == [8, 2, 1]
+    assert batch_sizes(5, 6) == [4, 1] and batch_sizes(3, 1) == [1, 1, 1] and batch_sizes(0, 8) == []
+
+
+def test_the_compile_cache_keeps_only_the_most_recently_used_sizes(predictor_file):
+    model = CompiledModel(load_predictor(path=predictor_file), capacity=2)
+    sizes = [(72, 96), (80, 96), (88, 96)]  # N + 1 = 3 sizes
+    executables = []
+    for height, width in sizes:
+        assert model(np.zeros((1, height, width, 3), np.uint8)).shape == (1, height, width)
+        executables.append(weakref.ref(model.executable((1, height, width))))
+    assert model.held() == [(1, 80, 96), (1, 88, 96)] and model.compiles == 3
+    gc.collect()
+    assert executables[0]() is None and executables[1]() is not None  # the evicted one is freed
+    model(np.zeros((1, 80, 96, 3), np.uint8))  # a held size: used again, not compiled again
+    assert model.compiles == 3 and model.held() == [(1, 88, 96), (1, 80, 96)]
+    model(np.zeros((1, 72, 96, 3), np.uint8))
+    assert model.compiles == 4 and model.held() == [(1, 80, 96), (1, 72, 96)]
+
+
+def test_the_service_holds_at_most_max_compiled_executables(predictor_file):
+    app = create_app(load_predictor(path=predictor_file), warmup_shapes=[], max_compiled=2)
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=120) as client:
+        for size in [(72, 96), (80, 96), (88, 96)]:
+            answer = client.post("/predict.npy", content=jpeg(size), headers={"content-type": "image/jpeg"})
+            assert answer.status_code == 200
+        assert client.get("/health").json()["compiled"] == [[1, 80, 96], [1, 88, 96]]
+
+
+def test_requests_of_one_size_are_batched_and_equal_single_predictions(predictor_file):
+    predictor = load_predictor(path=predictor_file)
+    other = (image_cases.SIZE[0] + 8, image_cases.SIZE[1] + 16)
+    # A long window: the 4 requests of one size fill a batch at once, the 2 of another wait for it.
+    app = create_app(predictor, warmup_shapes=[image_cases.SIZE, other], batch_window_ms=3000, max_batch=4)
+    uploads = [jpeg(seed=i) for i in range(4)] + [jpeg(other, seed=10 + i) for i in range(2)]
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=120) as client, \
+            concurrent.futures.ThreadPoolExecutor(len(uploads)) as pool:
+        answers = list(pool.map(lambda data: client.post("/predict.npy", content=data,
+                                                         headers={"content-type": "image/jpeg"}), uploads))
+        batches = client.get("/health").json()["batches"]
+    assert sorted((tuple(b["shape"]), b["size"]) for b in batches) == [(image_cases.SIZE, 4), (other, 2)]
+    for i, (data, answer) in enumerate(zip(uploads, answers)):
+        assert answer.status_code == 200 and answer.headers["x-batch-size"] == ("4" if i < 4 else "2")
+        # float32: XLA:CPU orders the convolutions' sums differently per batch size, and the center
+        # bias is fused into the served program; about 4e-6 nats apart on 768x1024 photographs.
+        np.testing.assert_allclose(np.load(io.BytesIO(answer.content)), predictor.predict(load_image(data)),
+                                   rtol=0, atol=5e-5)
 
 
 def load_script():
