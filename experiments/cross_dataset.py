@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import pathlib
+import shlex
 import platform
 import sys
 import time
@@ -70,7 +71,7 @@ def main() -> int:
         "name": name, "heads": str(args.heads), "trained_on": meta.get("trained_on", ""),
         "members": len(members), "dataset": source.describe(dataset),
         "total": crossval.summarise(model_bits, cb_bits, gold_bits), "metrics": evaluation.summary,
-        "command": "python experiments/cross_dataset.py " + " ".join(sys.argv[1:]), "commit": commit,
+        "command": "python experiments/cross_dataset.py " + shlex.join(sys.argv[1:]), "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, jax {jax.__version__} on "
                    f"{jax.devices()[0].device_kind}",

@@ -14,6 +14,7 @@ of ``deepgaze predict``.
 import argparse
 import json
 import pathlib
+import shlex
 import sys
 
 from deepgaze_jax import crossval
@@ -46,7 +47,7 @@ def main() -> int:
     out = (REPO / "deepgaze_jax" / "assets" if args.ship else args.cache) / f"{args.model}.safetensors"
     results = crossval.run(config, args.data, crossval.parse_folds(args.folds), args.cache,
                            args.results, out, args.backbone,
-                           command="python experiments/crossval.py " + " ".join(sys.argv[1:]), seeds=args.seeds,
+                           command="python experiments/crossval.py " + shlex.join(sys.argv[1:]), seeds=args.seeds,
                            extra_data=args.extra_data, recipe=args.recipe)
     print(crossval.markdown(results))
     return 0
