@@ -6,7 +6,7 @@ Every image of ``--data`` is predicted by the mixture of all of the predictor's 
 seed: none of them saw this dataset), with the center bias of that dataset's cross-validation fold that
 tests the image (fitted on the fold's training images, as in ``crossval.py``); the same center bias is
 the baseline of IG, and the dataset's leave-one-observer-out gold standard the denominator of explained
-IG. Writes ``experiments/results/<name>_crossval_metrics.{json,md}`` (per-image scores and every
+IG. Writes ``experiments/results/<name>_metrics.{json,md}`` (per-image scores and every
 metric) and ``<name>_cross_dataset.json`` (the summary, stamped with command, commit, date, machine).
 """
 
@@ -36,7 +36,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heads", type=pathlib.Path, required=True, help="a predictor file (crossval.py writes them)")
     parser.add_argument("--data", type=pathlib.Path, required=True, help="the dataset to score it on")
-    parser.add_argument("--name", help="stem of the result files (default: <heads stem>_on_<dataset>)")
+    parser.add_argument("--name", help="stem of the result files (default: <heads stem>_unseen_<dataset>)")
     parser.add_argument("--cache", type=pathlib.Path, default=REPO / ".cache")
     parser.add_argument("--results", type=pathlib.Path, default=REPO / "experiments" / "results")
     args = parser.parse_args()
@@ -46,14 +46,14 @@ def main() -> int:
         raise SystemExit(f"{args.heads}: not a predictor file")
     model = model_from_json(meta["model_config"])
     source = crossval.Source(args.data)
-    name = args.name or f"{args.heads.stem}_on_{source.name}"
+    name = args.name or f"{args.heads.stem}_unseen_{source.name}"
     dataset, features = crossval.load_with_features(model, load_backbone(model.backbone), args.data, args.cache)
     members = [jax.tree.map(lambda x: x[k], tree["heads"]) for k in range(int(meta["members"]))]
     folds = list(range(10))
     center_biases = crossval.fold_center_biases(dataset, folds)
     evaluation = crossval.test_metrics(model, {fold: members for fold in folds}, center_biases, dataset, features,
                                        None, name)
-    evaluation.write(args.results, stem=f"{name}_crossval_metrics")
+    evaluation.write(args.results, stem=f"{name}_metrics")
 
     gold_nats = GoldStandard.fit(dataset).log_likelihoods(dataset)
     rows = data_lib.rows_by_image(dataset)
