@@ -1,7 +1,7 @@
 """The backbone feature cache: the frozen backbone runs once per image, its features are kept on disk.
 
-A cache file is keyed on everything its features depend on: the model description (backbone
-architecture, layers, downsampling, dtype), a SHA-256 digest of the backbone weights, the dataset's
+A cache file is keyed on everything its features depend on: the model's feature fields
+(:data:`FEATURE_FIELDS`: backbone architecture, layers, downsampling, pooling, dtype; not the readout), a SHA-256 digest of the backbone weights, the dataset's
 name, its image ids and sizes, and whether the images were mirrored. The key's digest is part of the
 file name, and the key itself is stored in the file and compared on every read, so features of another
 backbone, model or dataset are never returned: a different key is a different file. Files are ``.npz``
@@ -27,6 +27,8 @@ from deepgaze_jax import distributed
 from deepgaze_jax import model as model_lib
 
 FORMAT = 1
+# The fields of a model description that its features depend on (the readout and finalizer do not).
+FEATURE_FIELDS = ("backbone", "layers", "downsample", "readout_factor", "ceil_mode", "dtype")
 
 
 def compute_features(model: model_lib.DeepGaze, backbone: dict, images: Sequence[np.ndarray],
@@ -70,7 +72,9 @@ def cache_key(model: model_lib.DeepGaze, backbone: dict, dataset_name: str, imag
     images = hashlib.sha256()
     for image_id, size in zip(image_ids, np.asarray(sizes).reshape(-1, 2)):
         images.update(f"{image_id}|{int(size[0])}x{int(size[1])}\n".encode())
-    return {"format": FORMAT, "model": dataclasses.asdict(model), "backbone_sha256": params_digest(backbone),
+    fields = dataclasses.asdict(model)
+    return {"format": FORMAT, "model": {k: fields[k] for k in FEATURE_FIELDS},
+            "backbone_sha256": params_digest(backbone),
             "dataset": dataset_name, "images": len(image_ids), "images_sha256": images.hexdigest(),
             "flip": bool(flip)}
 

@@ -186,8 +186,13 @@ def test_feature_cache_is_keyed_on_backbone_dataset_and_images(tmp_path):
         ("toy", ds.image_ids, ds.sizes), ("toy2", ds.image_ids, ds.sizes), ("toy", ("a", "b", "d"), ds.sizes),
         ("toy", ds.image_ids, ds.sizes + 1), ("toy", ds.image_ids, ds.sizes, True)]}
     assert len(keys) == 5
-    assert feature_cache.cache_key(dataclasses.replace(model, dtype="bfloat16"), real, "toy", ds.image_ids,
-                                   ds.sizes) != feature_cache.cache_key(model, real, "toy", ds.image_ids, ds.sizes)
+    key = feature_cache.cache_key(model, real, "toy", ds.image_ids, ds.sizes)
+    for other_model in (dataclasses.replace(model, dtype="bfloat16"), dataclasses.replace(model, downsample=1),
+                        dataclasses.replace(model, layers=("relu5",))):
+        assert feature_cache.cache_key(other_model, real, "toy", ds.image_ids, ds.sizes) != key
+    # the readout and finalizer do not change the features: their caches are shared
+    same = dataclasses.replace(model, readout_channels=(4, 1), readout_bias=True, initial_sigma=3.0)
+    assert feature_cache.cache_key(same, real, "toy", ds.image_ids, ds.sizes) == key
     # a hit returns the stored features without running the backbone
     ds.images.images = None
     again = feature_cache.cached_features(model, real, ds, tmp_path, "toy")
