@@ -17,8 +17,11 @@ summary ``<name>_crossval.md``; ``--out`` writes the mixed predictor file.
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
+import platform
 import sys
+import time
 
 from deepgaze_jax import crossval
 from deepgaze_jax.baselines import CenterBias
@@ -47,6 +50,7 @@ def main() -> int:
                              "gain over the cross-validated center bias divides the mixture's")
     args = parser.parse_args()
 
+    commit = crossval.git_commit()
     loaded = [(path, *load_params(path)) for path in args.files]
     models = [model_from_json(meta["model_config"]) for _, _, meta in loaded]
     wide = dataclasses.replace(MODELS[args.model](), dtype=models[0].dtype)
@@ -81,6 +85,8 @@ def main() -> int:
         f"# {args.name}: mixed fold ensembles, 10-fold cross-validation on MIT1003",
         "",
         f"Command: `{command}`  ",
+        f"Commit: {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
+        f"{os.cpu_count()} CPU cores  ",
         f"Members per fold: {per_fold} ({sources}), "
         "densities averaged with equal weights  ",
         f"Gold standard IG over the cross-validated center bias: {gold:.4f} bits/fixation (from `{args.gold_from.name}`)",
@@ -95,7 +101,8 @@ def main() -> int:
     print("\n".join(lines))
     if args.out is not None:
         save_predictor_heads(args.out, wide, [h for fold in folds for h in heads[fold]], CenterBias.fit(dataset),
-                             {"trained_on": "MIT1003 twosize, cross-validation", "folds": ",".join(map(str, folds)),
+                             {"trained_on": "; ".join(dict.fromkeys(meta.get("trained_on", "?") for _, _, meta in loaded)),
+                              "folds": ",".join(map(str, folds)), "command": command, "commit": commit,
                               "seeds_per_fold": str(per_fold),
                               "mixed_from": sources})
     return 0
