@@ -20,6 +20,7 @@ ROWS = [
     ("DeepGaze I", "MIT1003 folds", "deepgaze1_crossval", None, "deepgaze1_unseen_osie_cross_dataset"),
     ("DeepGaze I", "MIT1003 folds + all of OSIE, joint (OSIE weighted 0.3)", "deepgaze1_joint_osie_crossval",
      None, None),
+    ("DeepGaze I", "all of OSIE, then MIT1003 folds", "deepgaze1_pretrain_osie_crossval", None, None),
     ("DeepGaze I", "OSIE folds", None, "deepgaze1_on_osie_crossval", "deepgaze1_on_osie_unseen_mit1003_cross_dataset"),
     ("DeepGaze II (VGG-16), 3 seeds", "MIT1003 folds", "deepgaze2_vgg16_3seeds_crossval", None,
      "deepgaze2_vgg16_unseen_osie_cross_dataset"),
