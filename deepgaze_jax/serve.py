@@ -15,7 +15,10 @@ Errors answer ``{"detail": reason}``: 413 for a body or an image over the limits
 included), 415 for a content type that is not an image, 400 for an empty or malformed upload, 422 for
 data that does not decode as an image (or is too small for the model), 408 for a body that does not
 arrive within ``body_timeout_s``, 429 for a client address with ``max_uploads_per_client`` uploads
-already in progress, 503 when ``max_waiting`` fully received requests are already in line.
+already in progress, 503 when ``max_waiting`` fully received requests are already in line. A connection
+whose request line and headers do not arrive within ``header_timeout_s`` (counted from the connection,
+or from the previous response on a kept-alive one) is answered 408 and closed by the server itself
+(:func:`uvicorn_config`): uvicorn has no such limit, and its keep-alive timer restarts on every byte.
 
 The model runs on one thread (:class:`Batcher`): requests for images of one size that arrive within
 ``batch_window_ms`` of each other are predicted in one call of up to ``max_batch`` images. Decoding,
@@ -61,6 +64,7 @@ DEFAULT_MAX_PIXELS = 16_000_000
 DEFAULT_WARMUP_SHAPES = ((768, 1024),)
 #: Seconds a client has to send its whole request body (answered 408 after that).
 DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_HEADER_TIMEOUT_S = 10.0
 #: Uploads one client address may be sending at once (bodies being received); more answer 429.
 DEFAULT_MAX_UPLOADS_PER_CLIENT = 8
 #: Fully received requests in line (decoding, waiting for or in the model, encoding); more answer 503.
@@ -303,6 +307,7 @@ def create_app(predictor, *, name: str = "deepgaze", max_upload_bytes: int = DEF
                warmup_shapes: Sequence[tuple[int, int]] = DEFAULT_WARMUP_SHAPES,
                overlay_max_side: int = 1024, max_waiting: int = DEFAULT_MAX_WAITING,
                body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+               header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
                max_uploads_per_client: int = DEFAULT_MAX_UPLOADS_PER_CLIENT,
                max_compiled: int = DEFAULT_MAX_COMPILED, batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
                max_batch: int = DEFAULT_MAX_BATCH) -> FastAPI:
@@ -311,12 +316,16 @@ def create_app(predictor, *, name: str = "deepgaze", max_upload_bytes: int = DEF
     The model is compiled for ``warmup_shapes`` ((height, width) pairs, every batch size of
     :func:`batch_sizes`) before this returns. Limits: ``max_upload_bytes`` bounds the request body and
     ``max_pixels`` the decoded image (both 413); a body must arrive within ``body_timeout_s`` seconds
-    (408); one client address has at most ``max_uploads_per_client`` uploads in progress (429); with
+    (408), and a request's line and headers within ``header_timeout_s`` (408, then the connection is
+    closed; enforced by the server that :func:`uvicorn_config` builds); one client address has at most ``max_uploads_per_client`` uploads in progress (429); with
     ``max_waiting`` fully received requests in line, another is answered 503 at once. At most
     ``max_compiled`` executables are kept. Requests of one image size arriving within
     ``batch_window_ms`` milliseconds run as one batch of at most ``max_batch`` (window 0 and batch 1:
     one at a time). ``overlay_max_side`` caps the overlay picture's longer side (pixels).
     """
+    for key, seconds in (("body_timeout_s", body_timeout_s), ("header_timeout_s", header_timeout_s)):
+        if not (isinstance(seconds, (int, float)) and 0 < seconds < float("inf")):
+            raise ValueError(f"{key} must be a positive number of seconds, got {seconds!r}")
     model = CompiledModel(predictor, max_compiled)
     batcher = Batcher(model, batch_window_ms / 1e3, max_batch)
     cpu = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="deepgaze-cpu")
@@ -421,6 +430,7 @@ def create_app(predictor, *, name: str = "deepgaze", max_upload_bytes: int = DEF
 
     app = FastAPI(title="deepgaze-jax", summary="Predict where people look in an image.", lifespan=lifespan)
     app.state.model, app.state.batcher = model, batcher
+    app.state.header_timeout_s = header_timeout_s
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -540,11 +550,82 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+_HEADER_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                            b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
+
+
+def header_deadline_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol with a deadline for the request line and headers.
+
+    The deadline starts when the connection opens and again after each response; it is cancelled once
+    a request's headers are parsed (the body has its own limit in the app). On expiry the connection is
+    closed, however slowly the client was still sending: with a 408 if part of a request had arrived,
+    silently if none had (an idle kept-alive connection, as uvicorn's keep-alive timeout does).
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    body = b'{"detail":"the request headers did not arrive within %g s"}' % seconds
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _header_deadline: asyncio.TimerHandle | None = None
+        _started = False  # bytes of a request arrived since the deadline was armed
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._started = False
+            self._header_deadline = self.loop.call_later(seconds, self._headers_overdue)
+
+        def _disarm(self) -> None:
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+
+        def _headers_overdue(self) -> None:
+            self._header_deadline = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                if self._started:
+                    self.transport.write(_HEADER_TIMEOUT_RESPONSE % (len(body), body))
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            self._started = self._started or bool(data)
+            super().data_received(data)
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            self._arm()
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderDeadlineProtocol
+
+
+def uvicorn_config(app):
+    """The uvicorn configuration serving ``app`` (from :func:`create_app`): quiet logs, and the header
+    deadline of ``app.state.header_timeout_s`` (:func:`header_deadline_protocol`)."""
+    import uvicorn
+
+    seconds = getattr(app.state, "header_timeout_s", DEFAULT_HEADER_TIMEOUT_S)
+    return uvicorn.Config(app, log_level="warning", http=header_deadline_protocol(seconds))
+
+
 def run(app, sock: socket.socket) -> None:
     """Serve ``app`` with uvicorn on a bound socket until interrupted."""
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
 
 
 class BackgroundServer:
@@ -558,7 +639,7 @@ class BackgroundServer:
 
         sock = bind(host, 0)
         self.url = f"http://{host}:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn_config(app))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + timeout

@@ -231,6 +231,49 @@ def test_slow_uploads_neither_lock_the_service_nor_stay_open(predictor_file):
         assert [status_of(sock) for sock in hanging] == [408] * 8
 
 
+SLOW_HEADERS = b"POST /predict.npy HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: ima"
+
+
+def test_slowly_sent_headers_are_cut_off_and_never_lock_the_service(predictor_file):
+    # 64 connections trickle a request's headers one byte a second (uvicorn's keep-alive timer restarts
+    # on every byte, so only the header deadline ends them); 8 more open and send nothing. A real
+    # request is answered meanwhile; every slow one is closed within the deadline, with a 408 if it
+    # had started a request.
+    app = create_app(load_predictor(path=predictor_file), warmup_shapes=[image_cases.SIZE],
+                     header_timeout_s=3)
+    with BackgroundServer(app) as server, contextlib.ExitStack() as stack:
+        port = int(server.url.rsplit(":", 1)[1])
+        opened = time.monotonic()
+        slow = [stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=30)) for _ in range(64)]
+        silent = [stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=30)) for _ in range(8)]
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            answer = client.post("/predict.npy", content=jpeg(), headers={"content-type": "image/jpeg"})
+            assert answer.status_code == 200, answer.text
+        answers: dict[socket.socket, bytes] = {}
+        for i in range(60):
+            for sock in slow:
+                if sock not in answers:
+                    with contextlib.suppress(OSError):
+                        sock.sendall(SLOW_HEADERS[i % len(SLOW_HEADERS):][:1])
+            for sock in select.select([s for s in slow + silent if s not in answers], [], [], 1.0)[0]:
+                answers[sock] = sock.recv(4096)
+            if len(answers) == len(slow) + len(silent):
+                break
+        took = time.monotonic() - opened
+        assert len(answers) == 72, f"{72 - len(answers)} slow connections still open after {took:.0f} s"
+        assert took < 20
+        assert {answers[sock].split(b" ", 2)[1] for sock in slow} == {b"408"}
+        assert b"did not arrive within 3 s" in answers[slow[0]]
+        assert [answers[sock] for sock in silent] == [b""] * 8  # closed without a word
+
+
+@pytest.mark.parametrize("key", ["body_timeout_s", "header_timeout_s"])
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf")])
+def test_timeouts_must_be_positive_and_finite(predictor_file, key, value):
+    with pytest.raises(ValueError, match=f"{key} must be a positive number of seconds"):
+        create_app(load_predictor(path=predictor_file), warmup_shapes=[], **{key: value})
+
+
 def test_a_client_that_disconnects_mid_upload_is_one_log_line(server, client, caplog):
     uvicorn_log = logging.getLogger("uvicorn.error")
     uvicorn_log.addHandler(caplog.handler)  # where uvicorn logs an app's traceback; it does not propagate
