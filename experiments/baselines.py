@@ -12,23 +12,19 @@ fits the same on a folder with ``STIMULI/`` and ``fixations.csv`` (one config, `
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
 import pathlib
-import platform
 import sys
 import tempfile
 import time
 
-import jax
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from deepgaze_jax import baselines, crossval, data  # noqa: E402
+from deepgaze_jax import baselines, data, provenance  # noqa: E402
 
 # The reference training notebook's center bias (DEEPGAZE.md section 2), scored with our LOO objective.
 REFERENCE_BANDWIDTH, REFERENCE_UNIFORM = 0.0215, 1.3e-15
@@ -68,20 +64,8 @@ def fit_config(mit1003: pathlib.Path | None, config: str, tfds_dir: pathlib.Path
     }
 
 
-def machine() -> str:
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"2-core CPU dev machine ({os.cpu_count()} cores visible, {cpu or platform.processor()}), "
-            f"jax {jax.__version__} on {jax.default_backend()}, Python {platform.python_version()}")
-
-
 def write_markdown(path: pathlib.Path, result: dict) -> None:
-    lines = [f"# {result.get('dataset', 'MIT1003')} baselines", "",
-             f"Command: `{result['command']}`  ", f"Machine: {result['machine']}  ",
-             f"Commit: `{result['commit']}`, {result['date']}", "",
+    lines = [f"# {result.get('dataset', 'MIT1003')} baselines", "", provenance.markdown_line(result), "",
              "Log-likelihoods in bits/fixation relative to the uniform model; bandwidths as a fraction of "
              "image height (y) and width (x). Center bias: leave-one-image-out. Gold standard: "
              "leave-one-observer-out KDE mixed with the leave-one-image-out center bias and uniform.", "",
@@ -119,16 +103,15 @@ def main() -> None:
     p.add_argument("--out", type=pathlib.Path, default=REPO / "experiments" / "results" / "baselines")
     args = p.parse_args()
     tfds_dir = args.tfds_dir or pathlib.Path(tempfile.mkdtemp(prefix="tfds_"))
-    commit = crossval.git_commit()
-    result = {"command": " ".join(["python experiments/baselines.py", *sys.argv[1:]]), "machine": machine(),
-              "commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "units": "bits/fixation relative to uniform", "configs": {},
+    commit = provenance.git_commit()  # the code this run started from
+    result = {"units": "bits/fixation relative to uniform", "configs": {},
               "dataset": args.csv_dataset.name if args.csv_dataset else "MIT1003"}
     start = time.perf_counter()
     for config in ["as-is"] if args.csv_dataset else args.configs:
         result["configs"][config] = r = fit_config(args.mit1003, config, tfds_dir, args.csv_dataset)
         print(config, json.dumps(r, indent=1), flush=True)
     result["total_seconds"] = round(time.perf_counter() - start, 1)
+    result = provenance.stamped(result, provenance.stamp(provenance.command("experiments/baselines.py"), commit))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(args.out.with_suffix(".md"), result)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import gc
 import json
 import math
@@ -679,12 +678,16 @@ def markdown_table(results: dict) -> str:
 
 
 def markdown_block(results: dict) -> str:
-    m = results["machine"]
+    from deepgaze_jax import provenance
+
+    m = results["machine_details"]
     flops = results["flops_per_image"]
     lines = [
-        f"Measured {results['date']} on **{results['device_kind']}** ({m['device_name']}); "
+        provenance.markdown_line(results),
+        "",
+        f"Measured on **{results['device_kind']}** ({m['device_name']}); "
         f"{results['height']}x{results['width']} images (W x H = {results['width']}x{results['height']}); "
-        f"threads: {results['threads']}. Command: `{results['command']}` ({results['wall_s'] / 60:.1f} min).",
+        f"threads: {results['threads']}; {results['wall_s'] / 60:.1f} min.",
         "",
         f"Peak: {results['peak']['assumption']}: float32 {fmt_flops(results['peak'].get('float32'))}, "
         f"bfloat16 {fmt_flops(results['peak'].get('bfloat16'))}.",
@@ -727,6 +730,9 @@ def update_markdown(path: pathlib.Path, device: str, block: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from deepgaze_jax import provenance
+
+    commit = provenance.git_commit()  # the code this run started from
     wall = time.perf_counter()
     threads = pin_cores(args.threads)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -776,18 +782,17 @@ def main(argv=None) -> int:
 
     fw = Frameworks(device, height, width, args.fixations)
     results = {
-        "date": datetime.date.today().isoformat(),
-        "command": "python experiments/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **provenance.stamp(provenance.command("experiments/benchmark.py", argv), commit),
         "device": device,
         "device_kind": args.device_kind or (f"{device.upper()}: {name}"),
-        "machine": {"device_name": name, "platform": platform.platform(), "python": platform.python_version(),
-                    "jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
-                    "torch": torch.__version__, "git": git_commit(),
-                    "jax_devices": [str(d) for d in jax.devices()],
-                    "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-                    "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-                    "load_average_at_start": os.getloadavg(),
-                    "torch_matmul_tf32": torch.backends.cuda.matmul.allow_tf32},
+        "machine_details": {"device_name": name, "platform": platform.platform(), "python": platform.python_version(),
+                            "jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+                            "torch": torch.__version__,
+                            "jax_devices": [str(d) for d in jax.devices()],
+                            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+                            "load_average_at_start": os.getloadavg(),
+                            "torch_matmul_tf32": torch.backends.cuda.matmul.allow_tf32},
         "threads": (f"{threads} cores (process affinity); torch.set_num_threads({threads}); XLA:CPU sizes its "
                     "intra-op pool from the cores it may use" if device == "cpu" else "GPU"),
         "height": height, "width": width, "batches": batches,
@@ -841,14 +846,6 @@ def main(argv=None) -> int:
 def write_json(path: pathlib.Path, results: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1, default=float) + "\n")
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import pathlib
 import sys
@@ -33,6 +32,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deepgaze_jax import data as data_lib  # noqa: E402
+from deepgaze_jax import provenance  # noqa: E402
 from deepgaze_jax.likelihood import log_likelihood  # noqa: E402
 from deepgaze_jax.predict import load_predictor  # noqa: E402
 
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=50, help="images, evenly spaced (0: all)")
     parser.add_argument("--out", type=pathlib.Path, default=REPO / "experiments" / "results" / "bf16_accuracy")
     args = parser.parse_args(argv)
+    commit = provenance.git_commit()  # the code this run started from
 
     dataset = data_lib.load_mit1003(args.data, "twosize", data_dir=args.tfds_dir)
     count = len(dataset) if args.images <= 0 else min(args.images, len(dataset))
@@ -56,9 +57,7 @@ def main(argv=None) -> int:
     fix = dataset.fixations
     print(f"{len(indices)} of {len(dataset)} MIT1003 images", file=sys.stderr)
 
-    results = {"date": datetime.date.today().isoformat(),
-               "command": "python experiments/bf16_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "device": str(jax.devices()[0]), "images": [dataset.image_ids[i] for i in indices],
+    results = {"device": str(jax.devices()[0]), "images": [dataset.image_ids[i] for i in indices],
                "threshold_bits": THRESHOLD_BITS, "models": {}}
     for name in [m for m in args.models.split(",") if m]:
         predictor = load_predictor(name)
@@ -100,6 +99,7 @@ def main(argv=None) -> int:
         }
         print(json.dumps(results["models"][name], indent=1), file=sys.stderr)
 
+    results = provenance.stamped(results, provenance.stamp(provenance.command("experiments/bf16_accuracy.py", argv), commit))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(results))
@@ -111,7 +111,9 @@ def markdown(results: dict) -> str:
     lines = [
         "# bfloat16 backbone vs float32: log-likelihood on MIT1003",
         "",
-        f"{results['date']}, {results['device']}, `{results['command']}`: {len(results['images'])} MIT1003 "
+        provenance.markdown_line(results),
+        "",
+        f"Device {results['device']}: {len(results['images'])} MIT1003 "
         "images (twosize, evenly spaced over the dataset), the shipped predictors (fold ensembles, MIT1003 "
         "center bias); the backbone in bfloat16, the head in float32. Criterion: |difference| < "
         f"{results['threshold_bits']} bits/fixation.",

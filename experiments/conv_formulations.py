@@ -7,7 +7,8 @@ matrix product runs natively. This times, for VGG layer shapes of DeepGaze II at
 backbone sees 384x512), a 3x3 convolution four ways at batch 1: float32 convolution, bfloat16
 convolution, bfloat16 im2col (the nine shifted copies concatenated, one product) and bfloat16 tap sum
 (nine products of shifted views, accumulated in float32), plus a plain float32 and bfloat16 matrix
-product. Prints medians of 3 runs after a warm-up, in ms and GFLOP/s.
+product. Prints medians of 3 runs after a warm-up, in ms and GFLOP/s, under the run's stamp (command,
+date, machine, commit: :mod:`deepgaze_jax.provenance`).
 """
 
 import time
@@ -15,6 +16,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from deepgaze_jax import provenance
 
 
 def _median_ms(f, *args) -> float:
@@ -54,7 +57,7 @@ def tap_sum(x, k):
 
 
 def main() -> None:
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
+    print(provenance.markdown_line(provenance.stamp(provenance.command("experiments/conv_formulations.py"))))
     m, k_, n = 4096, 2304, 1024
     for dtype in (jnp.float32, jnp.bfloat16):
         a, b = jnp.ones((m, k_), dtype), jnp.ones((k_, n), dtype)

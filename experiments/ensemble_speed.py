@@ -5,7 +5,8 @@
 Times ``Predictor.log_density`` (backbone once, the heads, the mixture) with the first K members of the
 shipped file, the members mixed on the saliency grid and upsampled once (``DeepGaze.apply_ensemble``)
 and, for comparison, each member upsampled to the image before the mixture (how it was done before).
-Rounds interleave the configurations; medians are printed. Both forms are checked to agree.
+Rounds interleave the configurations; medians are printed, under the run's stamp (command, date,
+machine, commit: :mod:`deepgaze_jax.provenance`). Both forms are checked to agree.
 """
 
 import argparse
@@ -14,6 +15,7 @@ import time
 import jax
 import numpy as np
 
+from deepgaze_jax import provenance
 from deepgaze_jax.model import mixture
 from deepgaze_jax.predict import load_predictor
 
@@ -24,6 +26,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, nargs="+", default=[1, 10, 30])
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
+    commit = provenance.git_commit()  # the code this run started from
     p = load_predictor(args.model)
     total = jax.tree.leaves(p.heads)[0].shape[0]
     image = np.random.RandomState(0).randint(0, 256, (1, 768, 1024, 3)).astype(np.uint8)
@@ -57,6 +60,7 @@ def main() -> None:
             start = time.perf_counter()
             fn(p.backbone, heads, image, cb).block_until_ready()
             times[name].append(time.perf_counter() - start)
+    print(provenance.markdown_line(provenance.stamp(provenance.command("experiments/ensemble_speed.py"), commit)))
     print(f"{args.model}, one 768x1024 image, {jax.devices()[0].device_kind}, median of {args.rounds} rounds:")
     for name, t in times.items():
         print(f"  {name}: {np.median(t) * 1000:.0f} ms (min {min(t) * 1000:.0f}, max {max(t) * 1000:.0f})")

@@ -150,9 +150,12 @@ def main() -> None:
     parser.add_argument("--pysaliency-caching", action="store_true", help="let pysaliency cache its maps in memory (~12 MB per image)")
     parser.add_argument("--stem", default="metrics_speed", help="results file name without extension")
     parser.add_argument("--ours-all", action="store_true", help="with --pysaliency-every > 1, also time ours on all images")
-    parser.add_argument("--machine", default="2-core CPU dev machine (shared)")
+    parser.add_argument("--machine", default="2-core CPU dev machine (shared)", help="words naming the machine (machine_note)")
     parser.add_argument("--workers", type=int, default=None, help="our evaluate's worker threads (default: its own)")
     args = parser.parse_args()
+    from deepgaze_jax import provenance  # here, not at the top: the results-writing code's own import
+
+    commit = provenance.git_commit()  # the code this run started from
 
     names, sizes, xs, ys, ns = load_mit1003(args.data)
     folder = args.predictions
@@ -166,7 +169,7 @@ def main() -> None:
     print(f"{len(names)} images, {xs.size} fixations, predictions from {folder}", flush=True)
 
     workers = evaluation._default_workers() if args.workers is None else args.workers
-    report = {"workers": workers, "machine": args.machine, "platform": platform.platform(), "cpus": os.cpu_count(), "load_average_start": os.getloadavg(), "sigma": args.sigma, "predictions": str(folder) if args.predictions else "stand-in (centre bias + smooth random map)"}
+    report = {"workers": workers, "machine_note": args.machine, "platform": platform.platform(), "cpus": os.cpu_count(), "load_average_start": os.getloadavg(), "sigma": args.sigma, "predictions": str(folder) if args.predictions else "stand-in (centre bias + smooth random map)"}
 
     subset = np.arange(0, len(names), args.pysaliency_every)
     keep = np.isin(ns, subset)
@@ -220,6 +223,7 @@ def main() -> None:
     print("subset:", json.dumps(report["subset"], indent=1), flush=True)
 
     report["load_average_end"] = os.getloadavg()
+    report = provenance.stamped(report, provenance.stamp(provenance.command("experiments/metrics_speed.py"), commit))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     s = report["subset"]
@@ -227,13 +231,13 @@ def main() -> None:
     lines = [
         "# Metrics speed: deepgaze_jax against pysaliency on MIT1003",
         "",
+        provenance.markdown_line(report),
+        "",
         f"Machine: {args.machine} ({report['platform']}, {report['cpus']} CPUs; load average {report['load_average_start'][0]:.1f} at the start, "
         f"{report['load_average_end'][0]:.1f} at the end); JAX {jax.__version__} on CPU, float64, {workers} worker thread(s). Predictions: {report['predictions']}.",
         "Metrics: LL, AUC, sAUC, NSS, AUC-Judd (no jitter), CC, KLDiv, SIM (blurred density), each with its metric-specific map,",
         f"empirical maps with sigma {args.sigma:g} px; pysaliency 0.2.22 via its model classes (shuffled baseline with library='numpy'), "
         f"its in-memory caches {'on' if args.pysaliency_caching else 'off'}.",
-        "",
-        "Command: `PYTHONPATH=. python experiments/metrics_speed.py " + " ".join(sys.argv[1:]) + "`",
         "",
         "| run | images | fixations | seconds | of which loading predictions |",
         "| --- | --- | --- | --- | --- |",

@@ -10,20 +10,19 @@ the fold's center bias, as ``experiments/crossval_metrics.py`` does for one file
 the same folds (``crossval.run``'s predictor files). Models may differ in their backbone layers when the
 layers of one are a prefix of another's (DeepGaze II's block 5 and the ``deepgaze2_vgg16_block4``
 variant): the narrower heads then read the wider model's features with zero kernel rows for the extra
-channels, which changes nothing. Writes ``experiments/results/<name>_crossval_metrics.json/.md`` and a
-summary ``<name>_crossval.md``; ``--out`` writes the mixed predictor file.
+channels, which changes nothing. Writes ``experiments/results/<name>_crossval_metrics.json/.md`` (every
+metric, per image), ``<name>_crossval.json`` (the summary: members, gold standard, explained information
+gain) and ``<name>_crossval.md`` (that JSON as a table), each stamped with the command, date, machine
+and commit (:mod:`deepgaze_jax.provenance`); ``--out`` writes the mixed predictor file.
 """
 
 import argparse
 import dataclasses
 import json
-import os
 import pathlib
-import platform
 import sys
-import time
 
-from deepgaze_jax import crossval
+from deepgaze_jax import crossval, provenance
 from deepgaze_jax.baselines import CenterBias
 from deepgaze_jax.params_io import load_params
 from deepgaze_jax.pretrained import load_backbone
@@ -50,7 +49,7 @@ def main() -> int:
                              "gain over the cross-validated center bias divides the mixture's")
     args = parser.parse_args()
 
-    commit = crossval.git_commit()
+    commit = provenance.git_commit()  # the code this run started from
     loaded = [(path, *load_params(path)) for path in args.files]
     models = [model_from_json(meta["model_config"]) for _, _, meta in loaded]
     wide = dataclasses.replace(MODELS[args.model](), dtype=models[0].dtype)
@@ -77,28 +76,18 @@ def main() -> int:
     center_biases = crossval.fold_center_biases(dataset, folds)
     results_dir = REPO / "experiments" / "results"
     evaluation = crossval.test_metrics(wide, heads, center_biases, dataset, features, None, args.name)
-    evaluation.write(results_dir, stem=f"{args.name}_crossval_metrics")
+    command = provenance.command("experiments/mixed_ensemble.py")
+    stamp = provenance.stamp(command, commit)
+    provenance.stamp_files(stamp, *evaluation.write(results_dir, stem=f"{args.name}_crossval_metrics"))
     gold = json.loads(args.gold_from.read_text())["total"]["gold_standard_information_gain"]
-    m = evaluation.summary
-    command = "python experiments/mixed_ensemble.py " + " ".join(sys.argv[1:])
-    lines = [
-        f"# {args.name}: mixed fold ensembles, 10-fold cross-validation on MIT1003",
-        "",
-        f"Command: `{command}`  ",
-        f"Commit: {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
-        f"{os.cpu_count()} CPU cores  ",
-        f"Members per fold: {per_fold} ({sources}), "
-        "densities averaged with equal weights  ",
-        f"Gold standard IG over the cross-validated center bias: {gold:.4f} bits/fixation (from `{args.gold_from.name}`)",
-        "",
-        "| LL (bits/fix) | IG | explained IG | AUC | sAUC | NSS | CC | KLDiv | SIM |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| {m['LL']:.3f} | {m['IG']:.3f} | **{100 * m['IG'] / gold:.1f} %** | {m['AUC']:.3f} | {m['sAUC']:.3f} | "
-        f"{m['NSS']:.3f} | {m['CC']:.3f} | {m['KLDiv']:.3f} | {m['SIM']:.3f} |",
-        "",
-    ]
-    (results_dir / f"{args.name}_crossval.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    summary = {**stamp, "name": args.name, "model": args.model, "files": [str(path) for path in args.files],
+               "members_per_fold": per_fold, "members": sources, "weights": "equal",
+               "gold_standard_information_gain": gold, "gold_from": args.gold_from.name,
+               "explained_information_gain": evaluation.summary["IG"] / gold,
+               "metrics": evaluation.summary, "metrics_file": f"{args.name}_crossval_metrics.json"}
+    (results_dir / f"{args.name}_crossval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (results_dir / f"{args.name}_crossval.md").write_text(markdown(summary))
+    print(markdown(summary))
     if args.out is not None:
         save_predictor_heads(args.out, wide, [h for fold in folds for h in heads[fold]], CenterBias.fit(dataset),
                              {"trained_on": "; ".join(dict.fromkeys(meta.get("trained_on", "?") for _, _, meta in loaded)),
@@ -106,6 +95,28 @@ def main() -> int:
                               "seeds_per_fold": str(per_fold),
                               "mixed_from": sources})
     return 0
+
+
+def markdown(summary: dict) -> str:
+    """The table of a ``<name>_crossval.json`` that :func:`main` wrote."""
+    m, gold = summary["metrics"], summary["gold_standard_information_gain"]
+    return "\n".join([
+        f"# {summary['name']}: mixed fold ensembles, 10-fold cross-validation on MIT1003",
+        "",
+        provenance.markdown_line(summary),
+        "",
+        f"Members per fold: {summary['members_per_fold']} ({summary['members']}), "
+        "densities averaged with equal weights  ",
+        f"Gold standard IG over the cross-validated center bias: {gold:.4f} bits/fixation (from `{summary['gold_from']}`)",
+        "",
+        "| LL (bits/fix) | IG | explained IG | AUC | sAUC | NSS | CC | KLDiv | SIM |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {m['LL']:.3f} | {m['IG']:.3f} | **{100 * summary['explained_information_gain']:.1f} %** | {m['AUC']:.3f} | "
+        f"{m['sAUC']:.3f} | {m['NSS']:.3f} | {m['CC']:.3f} | {m['KLDiv']:.3f} | {m['SIM']:.3f} |",
+        "",
+        f"Every metric, per image: `{summary['metrics_file']}`.",
+        "",
+    ])
 
 
 if __name__ == "__main__":

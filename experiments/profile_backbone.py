@@ -7,7 +7,8 @@ For every conv layer of the backbone at the shapes of a 1024x768 image (after De
 one ``torch.nn.functional.conv2d`` (channels_last, bias, ReLU; bfloat16 under ``torch.autocast``),
 interleaved, minimum and median of ``--repeats``. It also prints what XLA compiled the bfloat16
 convolutions to (their operand types and the converts around them): XLA:CPU upcasts bfloat16
-convolutions to float32. ``--trace DIR`` writes a ``jax.profiler`` trace of the whole backbone.
+convolutions to float32. ``--trace DIR`` writes a ``jax.profiler`` trace of the whole backbone; ``--out``
+the per-layer timings as JSON, stamped (command, date, machine, commit: :mod:`deepgaze_jax.provenance`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from deepgaze_jax import backbones  # noqa: E402
+from deepgaze_jax import backbones, provenance  # noqa: E402
 from deepgaze_jax.model import deepgaze1, deepgaze2  # noqa: E402
 
 
@@ -75,6 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--trace", type=pathlib.Path, default=None)
     parser.add_argument("--out", type=pathlib.Path, default=None, help="JSON of the per-layer timings")
     args = parser.parse_args(argv)
+    commit = provenance.git_commit()  # the code this run started from
     height, width = (int(v) for v in args.size.split("x"))
     model = deepgaze1() if args.model == "deepgaze1" else deepgaze2("vgg19")
     model = dataclasses.replace(model, dtype=args.dtype)
@@ -135,7 +137,8 @@ def main(argv=None) -> int:
                 fn(params, data).block_until_ready()
         print(f"jax.profiler trace in {args.trace}")
     if args.out is not None:
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "layers": rows,
+        stamp = provenance.stamp(provenance.command("experiments/profile_backbone.py", argv), commit)
+        args.out.write_text(json.dumps({**stamp, "args": {k: str(v) for k, v in vars(args).items()}, "layers": rows,
                                         "sum_min_ms": total, "hlo_conv_types": operand_types,
                                         "hlo_converts": converts}, indent=1) + "\n")
     return 0

@@ -11,7 +11,9 @@ every image size used before any timing. Rounds alternate which runs first; each
 ``--requests`` requests to ``POST /predict.npy`` and ``--predict-requests`` to ``POST /predict``
 (overlay drawn), ``--concurrency`` at a time, of the first ``--images`` MIT1003 photographs in name
 order. Then ``--rss-requests`` more to the current service's ``/predict.npy`` sample this process's
-resident memory every 100. Writes ``experiments/results/serve_load.json`` and ``.md``.
+resident memory every 100. Writes ``experiments/results/serve_load.json`` and ``.md``, stamped with the
+command, date, machine and commit (:mod:`deepgaze_jax.provenance`); ``--machine`` adds words of your own
+(``machine_note``: what else ran on the machine, say).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import datetime
 import importlib.util
 import io
 import json
@@ -34,6 +35,8 @@ import time
 
 import numpy as np
 from PIL import Image
+
+from deepgaze_jax import provenance
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = REPO / "experiments" / "results" / "serve_load.json"
@@ -150,10 +153,6 @@ def baseline_module(commit: str):
     return module
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
-
-
 def _cpu_name() -> str:
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -252,8 +251,8 @@ def compare(args: argparse.Namespace) -> dict:
 
 def markdown(doc: dict) -> str:
     """A short report of :func:`compare`'s document."""
-    lines = [f"# Web service under load: before and after batching ({doc['date']})", "",
-             f"Command: `{doc['command']}`  ", f"Commit: `{doc['git_commit']}`  ", f"Machine: {doc['machine']}  ",
+    lines = ["# Web service under load: before and after batching", "", provenance.markdown_line(doc), "",
+             f"Machine note: {doc['machine_note']}  ",
              f"Model: {doc['model']}; {doc['concurrency']} concurrent clients on 127.0.0.1, {doc['rounds']} "
              f"interleaved rounds; 1-min load average before/after: {doc['load_average_1min_before_after']}.", "",
              f"- old: {doc['old']}", f"- new: {doc['new']}", f"- images: {doc['images']}", "",
@@ -299,15 +298,11 @@ def main(argv=None) -> int:
     parser.add_argument("--max-batch", type=int, default=None, help="default: the service's")
     parser.add_argument("--baseline-commit", default=BASELINE_COMMIT)
     parser.add_argument("--machine", default=f"{os.cpu_count()}-core {_cpu_name()}",
-                        help="words naming the machine, stored with the numbers")
+                        help="words naming the machine, stored with the numbers as machine_note")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    stamp = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-             "command": " ".join(["python", *sys.argv]) if argv is None else "serve_load.main(" + repr(argv) + ")",
-             "git_commit": _git("rev-parse", "HEAD") + (" (with uncommitted changes to the code)" if _git(
-                 "status", "--porcelain", "--", "deepgaze_jax", "experiments/serve_load.py") else ""),
-             "machine": args.machine}
+    stamp = {**provenance.stamp(provenance.command("experiments/serve_load.py", argv)), "machine_note": args.machine}
     if args.url:
         doc = {**stamp, "url": args.url,
                **run_load(args.url, args.requests, args.concurrency, endpoint=args.endpoint)}

@@ -1,0 +1,108 @@
+"""Where a result came from: the command, the date, the machine and the git commit of the run.
+
+Every script that writes into ``experiments/results/`` stamps what it writes with :func:`stamp`: JSON
+files get the fields ``command``, ``date``, ``machine`` and ``commit`` (:func:`stamped`), markdown files
+one line under their title (:func:`markdown_line`, :func:`add_to_markdown`). The formats are those
+``deepgaze_jax.crossval`` has written since its first stamped run, so old and new stamps compare::
+
+    commit = provenance.git_commit()              # first thing: the code the run starts from
+    ...                                           # the run
+    doc = provenance.stamped(results, provenance.stamp(provenance.command("experiments/x.py"), commit))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+FIELDS = ("command", "date", "machine", "commit")
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    """The checked-out commit of this package's repository (``+dirty`` where tracked files differ from
+    it; untracked files do not count), or "" outside a git checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_ROOT,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return commit + ("+dirty" if dirty else "")
+
+
+def machine() -> str:
+    """Architecture, CPU cores, jax version and the kind of device jax computes on (its first device:
+    ``cpu``, or the accelerator's name), e.g. ``x86_64 2 CPU cores, jax 0.10.2 on cpu``; a multi-process
+    run adds how many processes and devices."""
+    import jax
+
+    text = f"{platform.machine()} {os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.devices()[0].device_kind}"
+    if jax.process_count() > 1:
+        text += f", {jax.process_count()} processes of this kind, {jax.device_count()} devices in all"
+    return text
+
+
+def utc_date() -> str:
+    """The time now, to the minute, in UTC: ``2026-12-01 11:24 UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def command(script: str, argv: Sequence[str] | None = None) -> str:
+    """The command line that reruns a script: ``python <script> <argv>``, quoted as a shell needs it
+    (``argv`` defaults to this process's arguments, ``sys.argv[1:]``)."""
+    return shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+
+
+def stamp(command: str, commit: str | None = None) -> dict[str, str]:
+    """``{"command", "date", "machine", "commit"}`` of this run; ``commit`` is best taken with
+    :func:`git_commit` when the run starts (the default, now, misses edits made while it ran)."""
+    return {"command": command, "date": utc_date(), "machine": machine(),
+            "commit": git_commit() if commit is None else commit}
+
+
+def stamped(doc: dict, stamp: dict[str, str]) -> dict:
+    """``doc`` with the stamp's fields first (they replace fields of the same names)."""
+    return {**stamp, **{k: v for k, v in doc.items() if k not in FIELDS}}
+
+
+def markdown_line(stamp: dict[str, str]) -> str:
+    """The stamp as one markdown line: ``Command: `...`; commit ...; date ...; machine ...``."""
+    return (f"Command: `{stamp['command']}`; commit {stamp['commit'] or 'unknown'}; {stamp['date']}; "
+            f"machine: {stamp['machine']}")
+
+
+def add_to_markdown(text: str, stamp: dict[str, str]) -> str:
+    """``text`` with :func:`markdown_line` under its title (its first line, a ``# `` heading), a blank
+    line either side."""
+    lines = text.split("\n")
+    if not lines or not lines[0].startswith("# "):
+        raise ValueError(f"the markdown does not start with a '# ' title line: {lines[0][:80] if lines else ''!r}")
+    rest = lines[1:]
+    while rest and not rest[0].strip():
+        rest = rest[1:]
+    return "\n".join([lines[0], "", markdown_line(stamp), "", *rest])
+
+
+def stamp_files(stamp: dict[str, str], json_path: str | pathlib.Path | None = None,
+                md_path: str | pathlib.Path | None = None, indent: int = 1) -> None:
+    """Stamp result files that another function wrote (``evaluation.EvaluationResult.write``'s pair):
+    the JSON object rewritten with the stamp's fields first (``indent`` as it was written), the
+    markdown with the stamp line under its title."""
+    if json_path is not None:
+        path = pathlib.Path(json_path)
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path}: a JSON object is needed to stamp, found {type(doc).__name__}")
+        path.write_text(json.dumps(stamped(doc, stamp), indent=indent, allow_nan=True) + "\n")
+    if md_path is not None:
+        path = pathlib.Path(md_path)
+        path.write_text(add_to_markdown(path.read_text(), stamp))
