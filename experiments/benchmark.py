@@ -6,7 +6,7 @@
 Sections (each for DeepGaze I (AlexNet) and DeepGaze II (VGG-19, random weights), 1024x768 images):
 
 - ``inference``: image and center bias -> log density. Ours: ``jax.jit`` of ``DeepGaze.apply``, float32
-  and bfloat16 (``dtype`` of the backbone; the head stays float32). PyTorch: ``experiments/torch_deepgaze.py``
+  and bfloat16 (``dtype`` of the backbone; the head stays float32). PyTorch: ``tests/torch_deepgaze.py``
   (structured as the reference: forward hooks, 1x1 readout, nearest resizes, conv blur, logsumexp),
   channels_last, eager and ``torch.compile``, float32 and bfloat16 (``torch.autocast`` on the backbone).
 - ``head``: everything after the backbone (readout, resizes, blur, center bias, logsumexp), float32.
@@ -352,10 +352,8 @@ class Frameworks:
     def model(self, name: str):
         """``(our DeepGaze, torch model, our params)`` with the same random weights, built once."""
         if name not in self.built:
-            sys.path.insert(0, str(REPO / "experiments"))
-            from torch_deepgaze import build
-
             from deepgaze_jax.model import deepgaze1, deepgaze2
+            from tests.torch_deepgaze import build
 
             model = deepgaze1() if name == "deepgaze1" else deepgaze2("vgg19")
             torch_model, params = build(model, seed=0, device=self.torch_device)
