@@ -237,6 +237,31 @@ def test_evaluate_matches_pysaliency_on_a_small_dataset(tmp_path):
     assert (tmp_path / "metrics.json").exists() and "| sAUC |" in (tmp_path / "metrics.md").read_text()
 
 
+def test_evaluate_steps_batch_by_canvas_and_put_scores_back_in_dataset_order():
+    """The host-side steps of evaluate on a tiny dataset whose fixations are not sorted by image."""
+    sizes = [(20, 30), (40, 30), (20, 25), (20, 30)]
+    xs, ys, ns = np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.array([1.0, 1.0, 2.0, 2.0, 3.0]), np.array([2, 0, 1, 0, 3])
+    data = evaluation.check_dataset(sizes, xs, ys, ns, ["a", "b", "c", "d"])
+    assert data.n_images == 4 and data.counts.tolist() == [2, 1, 1, 1] and data.n_pad == 64
+    assert data.rows(0).tolist() == [1, 3] and data.rows(2).tolist() == [0]
+    batches = evaluation.plan_batches(data.sizes, batch_size=2, canvas_multiple=32)
+    assert [(b.canvas, b.images) for b in batches] == [((32, 32), [0, 2]), ((32, 32), [3]), ((64, 32), [1])]
+    full, slot_sizes = evaluation.batch_slots(batches[1], data, 2)
+    assert full == [3, 3] and slot_sizes.tolist() == [[20, 30], [20, 30]]
+    outputs = [
+        {"LL": np.array([[10.0, 11.0] + [np.nan] * 62, [12.0] + [np.nan] * 63]), "CC": np.array([0.1, 0.3])},
+        {"LL": np.array([[13.0] + [np.nan] * 63]), "CC": np.array([0.4])},
+        {"LL": np.array([[14.0] + [np.nan] * 63]), "CC": np.array([0.2])},
+    ]
+    per_fix, per_img = evaluation.collect_scores(batches, outputs, data)
+    np.testing.assert_array_equal(per_fix["LL"], [12.0, 10.0, 14.0, 11.0, 13.0])
+    np.testing.assert_array_equal(per_img["CC"], [0.1, 0.2, 0.3, 0.4])
+    summary, per_image = evaluation.summarise(per_fix, per_img, data)
+    np.testing.assert_array_equal(per_image["LL"], [10.5, 14.0, 12.0, 13.0])
+    assert summary["LL"] == 12.0 and summary["LL/image"] == 12.375 and summary["CC"] == pytest.approx(0.25)
+    assert list(summary) == ["LL", "LL/image", "CC"]
+
+
 def test_evaluate_accepts_a_callable_or_a_one_shot_iterator_and_any_number_of_workers():
     rng = np.random.default_rng(10)
     sizes = [(H, W), (20, 27), (H, W)]
