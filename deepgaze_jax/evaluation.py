@@ -276,13 +276,11 @@ def _batch_metrics(log_density, sizes, xs, ys, mask, baseline, sigma_blur):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """How :func:`evaluate` scores: its keyword arguments, checked and converted (see there)."""
+    """How :func:`evaluate` scores each batch: its keyword arguments of the same names (see there)."""
 
     sigma: float  # pixels
     blur_mode: str
     compute_size: tuple[int, int]  # (H, W) of the shuffled baseline, pixels
-    batch_size: int
-    canvas_multiple: int
     sim_map: str  # a key of SIM_MAPS
     sim_map_seed: int
     sim_map_epochs: int
@@ -294,7 +292,7 @@ class EvaluationData:
 
     sizes (n_images, 2) int64 (H, W); xs, ys (F,) float64 pixel coordinates; image_of (F,) int64, the
     image of each fixation; names (n_images,); counts (n_images,) fixations per image (all > 0);
-    order (F,) the fixations sorted by image (stable) and starts (n_images + 1,) where each image's begin.
+    order (F,) the fixations sorted by image (stable) and starts (n_images + 1,) where each image's fixations begin in ``order``.
     """
 
     sizes: np.ndarray
@@ -624,8 +622,7 @@ def evaluate(
     workers = check_options(sim_map, sim_map_epochs, workers)
     start = time.perf_counter()
     data = check_dataset(image_sizes, fixation_xs, fixation_ys, fixation_image_index, image_names)
-    settings = Settings(sigma, blur_mode, tuple(int(s) for s in shuffled_compute_size), batch_size, canvas_multiple,
-                        sim_map, sim_map_seed, sim_map_epochs)
+    settings = Settings(sigma, blur_mode, tuple(int(s) for s in shuffled_compute_size), sim_map, sim_map_seed, sim_map_epochs)
     get = _getter(log_densities)
     get_baseline = None if baseline_log_densities is None else _getter(baseline_log_densities)
     batches = plan_batches(data.sizes, batch_size, canvas_multiple)
