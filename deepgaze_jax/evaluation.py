@@ -5,6 +5,17 @@ dataset's fixations as flat arrays, derives the metric-specific saliency map for
 (:mod:`deepgaze_jax.metric_maps`) and scores it (:mod:`deepgaze_jax.metrics`), keeping per-image scores.
 Images are processed in batches on a padded canvas (sizes rounded up to ``canvas_multiple``), so one
 compilation serves all image sizes of a dataset; the loop over batches is plain Python.
+
+:func:`evaluate` runs these steps, each a function of its own:
+
+1. :func:`check_options` and :func:`check_dataset` validate the arguments (-> :class:`EvaluationData`);
+2. :func:`plan_batches` groups the images into :class:`CanvasBatch` es of one canvas size;
+3. :func:`shuffled_average_log_density`, a first pass over the predictions, averages them for sAUC's
+   shuffled baseline (:func:`load_density_sum_inputs`, :func:`batch_density_sum`);
+4. a second pass loads each batch (:func:`load_batch_inputs`) and scores it (:func:`score_batch`: the
+   dense metrics, :func:`batch_sauc` and, with ``sim_map="optimal"``, :func:`batch_optimal_sim`);
+5. :func:`collect_scores` puts each batch's scores back in dataset order and :func:`summarise`
+   averages them; :func:`evaluation_config` records the settings in the :class:`EvaluationResult`.
 """
 
 from __future__ import annotations
@@ -18,13 +29,14 @@ import math
 import os
 import pathlib
 import time
-from typing import Callable, Literal, Sequence, Union
+from typing import Callable, Iterable, Literal, NamedTuple, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from deepgaze_jax import metric_maps, metrics
+from deepgaze_jax.metrics import kernels, validation
 
 LogDensities = Union[Sequence[np.ndarray], Callable[[int], np.ndarray]]
 SimMap = Literal["blurred", "optimal"]
@@ -103,22 +115,23 @@ class EvaluationResult:
         return json_path, md_path
 
 
-def _default_workers() -> int:
+def default_workers() -> int:
+    """evaluate's default number of worker threads: the CPU cores, at most 4."""
     return max(1, min(os.cpu_count() or 1, 4))
 
 
 def _in_order(load: Callable, compute: Callable, items: Sequence, workers: int):
-    """``compute(*load(item))`` for each item, yielded in order. ``load`` runs on the calling thread (so
+    """``compute(load(item))`` for each item, yielded in order. ``load`` runs on the calling thread (so
     the user's prediction callables are never called concurrently); ``compute`` on ``workers`` threads
     (JAX releases the GIL while it computes), with at most ``2 * workers`` items loaded ahead."""
     if workers == 1:
         for item in items:
-            yield compute(*load(item))
+            yield compute(load(item))
         return
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         pending: collections.deque = collections.deque()
         for item in items:
-            pending.append(pool.submit(compute, *load(item)))
+            pending.append(pool.submit(compute, load(item)))
             if len(pending) > 2 * workers:
                 yield pending.popleft().result()
         while pending:
@@ -142,7 +155,7 @@ def _load(get: Callable[[int], np.ndarray], n: int, size: tuple[int, int], what:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{what} of image {n} contains NaN or infinity")
     if name is not None:
-        (lse,) = metrics._logsumexp_host(arr[None])
+        (lse,) = validation.host_logsumexp(arr[None])
         if not abs(lse) <= metrics.NORMALISATION_ATOL:
             raise metrics.normalisation_error(f"{what} of image {n} ({name!r})", float(lse))
     return arr
@@ -150,6 +163,12 @@ def _load(get: Callable[[int], np.ndarray], n: int, size: tuple[int, int], what:
 
 def _round_up(value: int, multiple: int) -> int:
     return int(math.ceil(value / multiple) * multiple)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Kernels of the batched passes. Shapes as in deepgaze_jax.metrics.kernels: canvases (B, Hc, Wc),
+# sizes (B, 2) int, fixations (B, N); the shuffled baseline lives on the compute-size canvas (Hc', Wc').
+# ----------------------------------------------------------------------------------------------------
 
 
 def _optimal_sim(log_density: np.ndarray, xs: np.ndarray, ys: np.ndarray, sigma: float, seed: int, epochs: int) -> float:
@@ -181,7 +200,7 @@ def _interpolate_at(grid, sizes, xs, ys, mask):
 @jax.jit
 def _density_sum_kernel(resized, compute_sizes, weights):
     """(B, Hc', Wc') resized log densities, (B,) weights -> (Hc', Wc') weighted sum of their renormalised densities."""
-    return jnp.tensordot(weights, jnp.exp(metric_maps._renormalise(resized, compute_sizes)), axes=1)
+    return jnp.tensordot(weights, jnp.exp(metric_maps.renormalise(resized, compute_sizes)), axes=1)
 
 
 @jax.jit
@@ -191,7 +210,7 @@ def _shuffled_kernel(resized, compute_sizes, average_log_density, count):
     resized: (B, Hc', Wc') the images' own log densities resized to the compute size; average_log_density
     (Hc', Wc'): the mean over all ``count`` images. Returns (B, Hc', Wc') log densities, not renormalised.
     """
-    own = jnp.exp(metric_maps._renormalise(resized, compute_sizes))
+    own = jnp.exp(metric_maps.renormalise(resized, compute_sizes))
     return jnp.log(jnp.exp(average_log_density)[None] * (count / (count - 1)) - own / (count - 1))
 
 
@@ -207,33 +226,33 @@ def _sauc_values_kernel(log_density, shuffled, sizes, xs, ys, mask):
     several consumers could round differently and break the ties between a fixation and a negative on
     the same pixel, which AUC counts half.
     """
-    return metrics._gather(log_density, xs, ys, mask) - jax.vmap(_interpolate_at)(shuffled, sizes, xs, ys, mask)
+    return kernels.gather(log_density, xs, ys, mask) - jax.vmap(_interpolate_at)(shuffled, sizes, xs, ys, mask)
 
 
 @functools.partial(jax.jit, static_argnames=("n",))
 def _sauc_from_values(values, mask, n: int):
     """(B, n + M) values at fixations then negatives, (B, n + M) mask -> (B, n) sAUC per fixation."""
-    return metrics._auc_per_positive(values[:, :n], mask[:, :n], values[:, n:], mask[:, n:])
+    return kernels.auc_per_positive(values[:, :n], mask[:, :n], values[:, n:], mask[:, n:])
 
 
 @jax.jit
 def _density_kernel(log_density, sizes):
     """(B, Hc, Wc) log densities -> densities, 0 outside each image. Its own dispatch (see _batch_metrics)."""
-    return jnp.exp(log_density) * metrics._valid(log_density, sizes)
+    return jnp.exp(log_density) * kernels.valid_pixels(log_density, sizes)
 
 
 @functools.partial(jax.jit, static_argnames=("sigma_blur",))
 def _dense_metrics_kernel(log_density, density, sizes, xs, ys, mask, baseline, sigma_blur):
     out = {
-        "LL": metrics._log_likelihood_kernel(log_density, sizes, xs, ys, mask),
-        "NSS": metrics._nss_kernel(density, sizes, xs, ys, mask),
+        "LL": kernels.log_likelihood(log_density, sizes, xs, ys, mask),
+        "NSS": kernels.nss(density, sizes, xs, ys, mask),
     }
     if baseline is not None:
-        out["IG"] = metrics._information_gain_kernel(log_density, baseline, xs, ys, mask)
+        out["IG"] = kernels.information_gain(log_density, baseline, xs, ys, mask)
     sigma, mode = sigma_blur
-    blurred = metrics._blur_kernel(density, sizes, sigma, mode)
-    empirical = metrics._fixation_map_kernel(xs, ys, mask, jnp.zeros_like(log_density), sizes, sigma, "reflect")
-    out["CC"], out["KLDiv"], out["SIM"] = metrics._pair_metrics(blurred, empirical, sizes)
+    blurred = kernels.gaussian_blur(density, sizes, sigma, mode)
+    empirical = kernels.fixation_map(xs, ys, mask, jnp.zeros_like(log_density), sizes, sigma, "reflect")
+    out["CC"], out["KLDiv"], out["SIM"] = kernels.pair_metrics(blurred, empirical, sizes)
     return out
 
 
@@ -246,8 +265,309 @@ def _batch_metrics(log_density, sizes, xs, ys, mask, baseline, sigma_blur):
     """
     density = _density_kernel(log_density, sizes)
     out = _dense_metrics_kernel(log_density, density, sizes, xs, ys, mask, baseline, sigma_blur)
-    out["AUC"], out["AUC_Judd"] = metrics._auc_and_judd_kernel(density, sizes, xs, ys, mask)
+    out["AUC"], out["AUC_Judd"] = kernels.auc_and_judd(density, sizes, xs, ys, mask)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# The steps of evaluate.
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How :func:`evaluate` scores each batch: its keyword arguments of the same names (see there)."""
+
+    sigma: float  # pixels
+    blur_mode: str
+    compute_size: tuple[int, int]  # (H, W) of the shuffled baseline, pixels
+    sim_map: str  # a key of SIM_MAPS
+    sim_map_seed: int
+    sim_map_epochs: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationData:
+    """A dataset's image sizes and fixations, checked by :func:`check_dataset`.
+
+    sizes (n_images, 2) int64 (H, W); xs, ys (F,) float64 pixel coordinates; image_of (F,) int64, the
+    image of each fixation; names (n_images,); counts (n_images,) fixations per image (all > 0);
+    order (F,) the fixations sorted by image (stable) and starts (n_images + 1,) where each image's fixations begin in ``order``.
+    """
+
+    sizes: np.ndarray
+    xs: np.ndarray
+    ys: np.ndarray
+    image_of: np.ndarray
+    names: list[str]
+    counts: np.ndarray
+    order: np.ndarray
+    starts: np.ndarray
+
+    @property
+    def n_images(self) -> int:
+        return len(self.sizes)
+
+    def rows(self, n: int) -> np.ndarray:
+        """Indices into the flat (F,) arrays of image n's fixations, in dataset order."""
+        return self.order[self.starts[n] : self.starts[n + 1]]
+
+    @property
+    def n_pad(self) -> int:
+        """Fixation slots per image in a batch: the most fixations of any image, rounded up to 64."""
+        return _round_up(int(self.counts.max()), 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class CanvasBatch:
+    """Images (indices, at most the batch size) that share one padded canvas (Hc, Wc) in pixels."""
+
+    canvas: tuple[int, int]
+    images: list[int]
+
+
+class BatchInputs(NamedTuple):
+    """What :func:`score_batch` needs of one batch of B = batch_size slots (short batches padded, see
+    :func:`batch_slots`): log densities and the baseline's (B, Hc, Wc) nats (baseline None without one),
+    sizes (B, 2) int32, then fixations (B, n_pad) followed by shuffled negatives (B, F) in xs, ys, mask."""
+
+    images: list[int]
+    log_density: np.ndarray
+    sizes: np.ndarray
+    baseline: np.ndarray | None
+    xs: np.ndarray
+    ys: np.ndarray
+    mask: np.ndarray
+
+
+def check_options(sim_map: str, sim_map_epochs: int, workers: int | None) -> int:
+    """Validate evaluate's ``sim_map``, ``sim_map_epochs`` and ``workers``; returns the number of workers."""
+    if sim_map not in SIM_MAPS:
+        raise ValueError(f"sim_map must be one of {sorted(SIM_MAPS)}, got {sim_map!r}")
+    if sim_map == "optimal" and not (isinstance(sim_map_epochs, (int, np.integer)) and sim_map_epochs >= 1):
+        raise ValueError(f"sim_map_epochs must be a positive integer, got {sim_map_epochs!r}")
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    return workers
+
+
+def check_dataset(
+    image_sizes: Sequence[tuple[int, int]],
+    fixation_xs: np.ndarray,
+    fixation_ys: np.ndarray,
+    fixation_image_index: np.ndarray,
+    image_names: Sequence[str] | None = None,
+) -> EvaluationData:
+    """evaluate's dataset arguments, checked: flat fixation arrays of one length, image indices in range,
+    one name per image (default: the index), every image with a fixation, every fixation inside its image."""
+    sizes = np.asarray(image_sizes, dtype=np.int64).reshape(-1, 2)
+    n_images = len(sizes)
+    xs_all = np.asarray(fixation_xs, dtype=np.float64)
+    ys_all = np.asarray(fixation_ys, dtype=np.float64)
+    image_of = np.asarray(fixation_image_index, dtype=np.int64)
+    if not (xs_all.shape == ys_all.shape == image_of.shape) or xs_all.ndim != 1:
+        raise ValueError(f"fixation arrays must be flat and equally long, got {xs_all.shape}, {ys_all.shape}, {image_of.shape}")
+    if image_of.size and (image_of.min() < 0 or image_of.max() >= n_images):
+        raise ValueError(f"fixation_image_index must lie in [0, {n_images}), got [{image_of.min()}, {image_of.max()}]")
+    names = [str(n) for n in range(n_images)] if image_names is None else list(image_names)
+    if len(names) != n_images:
+        raise ValueError(f"{len(names)} image names for {n_images} images")
+    counts = np.bincount(image_of, minlength=n_images)
+    if np.any(counts == 0):
+        raise ValueError(f"images without fixations: {names[int(np.flatnonzero(counts == 0)[0])]} and {int((counts == 0).sum()) - 1} more")
+    outside = (xs_all < 0) | (ys_all < 0) | (xs_all >= sizes[image_of, 1]) | (ys_all >= sizes[image_of, 0]) | ~np.isfinite(xs_all + ys_all)
+    if outside.any():
+        k = int(np.flatnonzero(outside)[0])
+        raise ValueError(f"{int(outside.sum())} fixation(s) outside their image, first x={xs_all[k]}, y={ys_all[k]} on {names[image_of[k]]} of size {tuple(sizes[image_of[k]])}")
+    order = np.argsort(image_of, kind="stable")
+    return EvaluationData(sizes, xs_all, ys_all, image_of, names, counts, order, np.concatenate([[0], np.cumsum(counts)]))
+
+
+def plan_batches(sizes: np.ndarray, batch_size: int, canvas_multiple: int) -> list[CanvasBatch]:
+    """(n_images, 2) sizes (H, W) -> batches of at most ``batch_size`` images whose sizes rounded up to
+    ``canvas_multiple`` pixels are the same canvas; canvases in order of first appearance, images in
+    index order within each."""
+    canvases = [(_round_up(int(h), canvas_multiple), _round_up(int(w), canvas_multiple)) for h, w in sizes]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for n, canvas in enumerate(canvases):
+        groups.setdefault(canvas, []).append(n)
+    return [CanvasBatch(canvas, idx[i : i + batch_size]) for canvas, idx in groups.items() for i in range(0, len(idx), batch_size)]
+
+
+def batch_slots(batch: CanvasBatch, data: EvaluationData, batch_size: int) -> tuple[list[int], np.ndarray]:
+    """The image in each of the ``batch_size`` slots and the slots' (batch_size, 2) int32 sizes (H, W).
+
+    Padded slots repeat the batch's first image, so every slot is a well-formed image."""
+    full = list(batch.images) + [batch.images[0]] * (batch_size - len(batch.images))
+    return full, data.sizes[full].astype(np.int32)
+
+
+def load_canvas_batch(get: Callable[[int], np.ndarray], batch: CanvasBatch, data: EvaluationData, batch_size: int,
+                      what: str, check: bool) -> np.ndarray:
+    """The batch's maps from ``get`` (image n -> (H_n, W_n)) on its canvas -> (batch_size, Hc, Wc) float64,
+    0 outside each image; padded slots repeat the first image. Each map is checked (shape, finite and,
+    with ``check``, normalised; errors name ``what`` and the image)."""
+    arr = np.zeros((batch_size, *batch.canvas))
+    for b, n in enumerate(batch.images):
+        h, w = data.sizes[n]
+        arr[b, :h, :w] = _load(get, n, (int(h), int(w)), what, data.names[n] if check else None)
+    arr[len(batch.images) :] = arr[0]
+    return arr
+
+
+def load_density_sum_inputs(batch: CanvasBatch, *, get: Callable[[int], np.ndarray], data: EvaluationData,
+                            batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pass 1's inputs for one batch: log densities (batch_size, Hc, Wc) nats (normalisation checked),
+    sizes (batch_size, 2) and weights (batch_size,): 1 for the batch's images, 0 for padded slots."""
+    _, sizes = batch_slots(batch, data, batch_size)
+    arr = load_canvas_batch(get, batch, data, batch_size, "log density", True)
+    weights = np.zeros(batch_size)
+    weights[: len(batch.images)] = 1
+    return arr, sizes, weights
+
+
+def batch_density_sum(inputs: tuple[np.ndarray, np.ndarray, np.ndarray], compute_size: tuple[int, int]) -> np.ndarray:
+    """The weighted sum of a batch's densities, each resized to ``compute_size`` (H', W') and renormalised
+    (pysaliency ShuffledBaselineModel) -> (H', W'), probability per pixel."""
+    arr, sizes, weights = inputs
+    compute_sizes = np.tile(np.array(compute_size, np.int32), (arr.shape[0], 1))
+    with jax.enable_x64(True):
+        resized = metric_maps.resize_canvas(arr, *metric_maps.resize_taps(sizes, compute_sizes, compute_size))
+        return np.asarray(_density_sum_kernel(resized, compute_sizes, weights))
+
+
+def shuffled_average_log_density(get: Callable[[int], np.ndarray], data: EvaluationData, batches: Sequence[CanvasBatch],
+                                 batch_size: int, compute_size: tuple[int, int], workers: int) -> np.ndarray:
+    """Pass 1: the average prediction of all images at ``compute_size`` (H', W') -> (H', W') log density,
+    nats, normalised. The batches' sums are added in batch order: the same result for any ``workers``."""
+    total = np.zeros(compute_size)
+    load = functools.partial(load_density_sum_inputs, get=get, data=data, batch_size=batch_size)
+    for partial in _in_order(load, functools.partial(batch_density_sum, compute_size=compute_size), batches, workers):
+        total += partial
+    return metric_maps.ShuffledBaseline(total, data.n_images, compute_size).average_log_density
+
+
+class ShuffledNegatives:
+    """sAUC's negatives for image n: every fixation of the dataset rescaled to n's size (computed once per
+    size, as :func:`metrics.rescaled_fixations`), with a mask that drops n's own fixations."""
+
+    def __init__(self, data: EvaluationData):
+        self.data = data
+        self._rescaled: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """-> xs, ys (F,) float pixel coordinates of image n and mask (F,) bool."""
+        data = self.data
+        key = (int(data.sizes[n, 0]), int(data.sizes[n, 1]))
+        if key not in self._rescaled:
+            self._rescaled[key] = metrics.rescaled_fixations(key, data.sizes, data.xs, data.ys, data.image_of)
+        return self._rescaled[key] + (data.image_of != n,)
+
+
+def load_batch_inputs(batch: CanvasBatch, *, get: Callable[[int], np.ndarray], get_baseline: Callable[[int], np.ndarray] | None,
+                      data: EvaluationData, batch_size: int, negatives: ShuffledNegatives) -> BatchInputs:
+    """Pass 2's inputs for one batch (see :class:`BatchInputs`); the baseline's normalisation is checked
+    here, the prediction's was on the first pass."""
+    full, sizes = batch_slots(batch, data, batch_size)
+    arr = load_canvas_batch(get, batch, data, batch_size, "log density", False)
+    base = None if get_baseline is None else load_canvas_batch(get_baseline, batch, data, batch_size, "baseline log density", True)
+    # Fixations (B, n_pad), then negatives (B, F): one array, one sAUC map lookup (see _sauc_values_kernel).
+    n_pad, n_all = data.n_pad, data.n_pad + data.xs.size
+    all_xs, all_ys, all_mask = np.zeros((batch_size, n_all)), np.zeros((batch_size, n_all)), np.zeros((batch_size, n_all), bool)
+    for b, n in enumerate(full):
+        rows = data.rows(n)
+        all_xs[b, : rows.size], all_ys[b, : rows.size], all_mask[b, : rows.size] = data.xs[rows], data.ys[rows], True
+        all_xs[b, n_pad:], all_ys[b, n_pad:], all_mask[b, n_pad:] = negatives(n)
+    return BatchInputs(list(batch.images), arr, sizes, base, all_xs, all_ys, all_mask)
+
+
+def batch_sauc(inputs: BatchInputs, average_log_density: np.ndarray, n_images: int, n_pad: int) -> np.ndarray:
+    """Shuffled AUC of each fixation of a batch -> (B, n_pad), NaN at padding. The map is
+    ``log p - log p_shuffled`` (pysaliency ShuffledAUCSaliencyMapModel), p_shuffled the average
+    prediction (H', W') of the ``n_images`` images with the image's own left out; negatives as in
+    :class:`BatchInputs`."""
+    compute_size = average_log_density.shape
+    compute_sizes = np.tile(np.array(compute_size, np.int32), (inputs.log_density.shape[0], 1))
+    taps = metric_maps.resize_taps(inputs.sizes, compute_sizes, compute_size)
+    with jax.enable_x64(True):
+        resized = metric_maps.resize_canvas(inputs.log_density, *taps)
+        shuffled = _shuffled_kernel(resized, compute_sizes, average_log_density, float(n_images))
+        values = _sauc_values_kernel(inputs.log_density, shuffled, inputs.sizes, inputs.xs, inputs.ys, inputs.mask)
+        return np.asarray(_sauc_from_values(values, inputs.mask, n_pad))
+
+
+def batch_optimal_sim(inputs: BatchInputs, data: EvaluationData, settings: Settings) -> np.ndarray:
+    """SIM of each image's SIM-optimal map (:func:`metric_maps.sim_saliency_map`) against its empirical
+    map -> (len(inputs.images),). Slow: an optimisation per image (see :func:`evaluate`)."""
+    return np.array([
+        _optimal_sim(inputs.log_density[b, : data.sizes[n, 0], : data.sizes[n, 1]], data.xs[data.rows(n)], data.ys[data.rows(n)],
+                     float(settings.sigma), int(settings.sim_map_seed), int(settings.sim_map_epochs))
+        for b, n in enumerate(inputs.images)])
+
+
+def score_batch(inputs: BatchInputs, *, data: EvaluationData, settings: Settings, average_log_density: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric of one batch: metric name -> (b, n_pad) per fixation (bits for LL and IG, NaN at
+    padding) or (b,) per image, for the b images of the batch (padded slots dropped)."""
+    n_pad = data.n_pad
+    xs, ys, mask = inputs.xs[:, :n_pad], inputs.ys[:, :n_pad], inputs.mask[:, :n_pad]
+    with jax.enable_x64(True):
+        out = _batch_metrics(inputs.log_density, inputs.sizes, xs, ys, mask, inputs.baseline, (float(settings.sigma), settings.blur_mode))
+        out["sAUC"] = batch_sauc(inputs, average_log_density, data.n_images, n_pad)
+        out = {key: np.asarray(value)[: len(inputs.images)] for key, value in out.items()}
+    if settings.sim_map == "optimal":  # replaces SIM of the blurred density
+        out["SIM"] = batch_optimal_sim(inputs, data, settings)
+    return out
+
+
+def collect_scores(batches: Sequence[CanvasBatch], outputs: Iterable[dict[str, np.ndarray]],
+                   data: EvaluationData) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The batches' scores (from :func:`score_batch`, in batch order) in dataset order: per-fixation
+    metrics as (F,) arrays over the flat fixations, per-image metrics as (n_images,) arrays."""
+    per_fix: dict[str, np.ndarray] = {}
+    per_img: dict[str, np.ndarray] = {}
+    for batch, out in zip(batches, outputs):
+        for key, value in out.items():
+            if key in PER_FIXATION:
+                target = per_fix.setdefault(key, np.full(data.xs.size, np.nan))
+                for b, n in enumerate(batch.images):
+                    target[data.rows(n)] = value[b, : data.counts[n]]
+            else:
+                per_img.setdefault(key, np.full(data.n_images, np.nan))[batch.images] = value
+    return per_fix, per_img
+
+
+def summarise(per_fix: dict[str, np.ndarray], per_img: dict[str, np.ndarray],
+              data: EvaluationData) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Dataset scores and per-image arrays (n_images,), metrics in :data:`METRICS` order. A per-fixation
+    metric's summary is its mean over all fixations, ``"<metric>/image"`` the mean of the image means."""
+    summary: dict[str, float] = {}
+    per_image: dict[str, np.ndarray] = {}
+    for key in METRICS:
+        if key in per_fix:
+            values = per_fix[key]
+            image_means = np.bincount(data.image_of, weights=values, minlength=data.n_images) / data.counts
+            per_image[key] = image_means
+            summary[key] = float(values.mean())
+            summary[key + "/image"] = float(image_means.mean())
+        elif key in per_img:
+            per_image[key] = per_img[key]
+            summary[key] = float(per_img[key].mean())
+    return summary, per_image
+
+
+def evaluation_config(settings: Settings, model_name: str, baseline: bool) -> dict:
+    """The settings recorded in :attr:`EvaluationResult.config` (and the written files)."""
+    return {
+        "model": model_name,
+        "sigma": float(settings.sigma),
+        "blur_mode": settings.blur_mode,
+        "shuffled_compute_size": list(settings.compute_size),
+        "auc_judd_jitter": False,
+        "sim_map": SIM_MAPS[settings.sim_map],
+        **({"sim_map_seed": int(settings.sim_map_seed), "sim_map_epochs": int(settings.sim_map_epochs)} if settings.sim_map == "optimal" else {}),
+        "baseline": baseline,
+    }
 
 
 def evaluate(
@@ -299,163 +619,23 @@ def evaluate(
     ``RandomState(42)`` per call, ``randn(H, W) * 1e-7`` added to each image's map in dataset order from
     that one stream; :func:`metrics.auc_judd` reproduces it (``jitter=True`` or a shared RandomState).
     """
-    if sim_map not in SIM_MAPS:
-        raise ValueError(f"sim_map must be one of {sorted(SIM_MAPS)}, got {sim_map!r}")
-    if sim_map == "optimal" and not (isinstance(sim_map_epochs, (int, np.integer)) and sim_map_epochs >= 1):
-        raise ValueError(f"sim_map_epochs must be a positive integer, got {sim_map_epochs!r}")
-    workers = _default_workers() if workers is None else int(workers)
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    workers = check_options(sim_map, sim_map_epochs, workers)
     start = time.perf_counter()
-    sizes = np.asarray(image_sizes, dtype=np.int64).reshape(-1, 2)
-    n_images = len(sizes)
-    xs_all = np.asarray(fixation_xs, dtype=np.float64)
-    ys_all = np.asarray(fixation_ys, dtype=np.float64)
-    image_of = np.asarray(fixation_image_index, dtype=np.int64)
-    if not (xs_all.shape == ys_all.shape == image_of.shape) or xs_all.ndim != 1:
-        raise ValueError(f"fixation arrays must be flat and equally long, got {xs_all.shape}, {ys_all.shape}, {image_of.shape}")
-    if image_of.size and (image_of.min() < 0 or image_of.max() >= n_images):
-        raise ValueError(f"fixation_image_index must lie in [0, {n_images}), got [{image_of.min()}, {image_of.max()}]")
-    names = [str(n) for n in range(n_images)] if image_names is None else list(image_names)
-    if len(names) != n_images:
-        raise ValueError(f"{len(names)} image names for {n_images} images")
-    counts = np.bincount(image_of, minlength=n_images)
-    if np.any(counts == 0):
-        raise ValueError(f"images without fixations: {names[int(np.flatnonzero(counts == 0)[0])]} and {int((counts == 0).sum()) - 1} more")
-    outside = (xs_all < 0) | (ys_all < 0) | (xs_all >= sizes[image_of, 1]) | (ys_all >= sizes[image_of, 0]) | ~np.isfinite(xs_all + ys_all)
-    if outside.any():
-        k = int(np.flatnonzero(outside)[0])
-        raise ValueError(f"{int(outside.sum())} fixation(s) outside their image, first x={xs_all[k]}, y={ys_all[k]} on {names[image_of[k]]} of size {tuple(sizes[image_of[k]])}")
-
+    data = check_dataset(image_sizes, fixation_xs, fixation_ys, fixation_image_index, image_names)
+    settings = Settings(sigma, blur_mode, tuple(int(s) for s in shuffled_compute_size), sim_map, sim_map_seed, sim_map_epochs)
     get = _getter(log_densities)
     get_baseline = None if baseline_log_densities is None else _getter(baseline_log_densities)
-    order = np.argsort(image_of, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    n_pad = _round_up(int(counts.max()), 64)
-    canvases = [(_round_up(int(h), canvas_multiple), _round_up(int(w), canvas_multiple)) for h, w in sizes]
-    compute_size = tuple(int(s) for s in shuffled_compute_size)
-    # Batches of images sharing a canvas, in image order within each canvas.
-    groups: dict[tuple[int, int], list[int]] = {}
-    for n, canvas in enumerate(canvases):
-        groups.setdefault(canvas, []).append(n)
-    batches = [(canvas, idx[i : i + batch_size]) for canvas, idx in groups.items() for i in range(0, len(idx), batch_size)]
+    batches = plan_batches(data.sizes, batch_size, canvas_multiple)
 
-    def canvas_batch(canvas, idx, getter, what, check):
-        # Padded batch slots repeat the first image (see batch_sizes). check: test the normalisation.
-        arr = np.zeros((batch_size, *canvas))
-        for b, n in enumerate(idx):
-            h, w = sizes[n]
-            arr[b, :h, :w] = _load(getter, n, (int(h), int(w)), what, names[n] if check else None)
-        arr[len(idx) :] = arr[0]
-        return arr
+    average_log_density = shuffled_average_log_density(get, data, batches, batch_size, settings.compute_size, workers)
+    load = functools.partial(load_batch_inputs, get=get, get_baseline=get_baseline, data=data, batch_size=batch_size,
+                             negatives=ShuffledNegatives(data))
+    score = functools.partial(score_batch, data=data, settings=settings, average_log_density=average_log_density)
+    per_fix, per_img = collect_scores(batches, _in_order(load, score, batches, workers), data)
+    summary, per_image = summarise(per_fix, per_img, data)
 
-    def own(n):
-        # Rows of image n's fixations in the flat arrays.
-        return order[starts[n] : starts[n + 1]]
-
-    def batch_sizes(idx):
-        # Padded batch slots repeat the first image, so every slot is a well-formed image.
-        full = list(idx) + [idx[0]] * (batch_size - len(idx))
-        return full, sizes[full].astype(np.int32)
-
-    compute_sizes = np.tile(np.array(compute_size, np.int32), (batch_size, 1))
-
-    def load1(item):
-        canvas, idx = item
-        _, bsizes = batch_sizes(idx)
-        arr = canvas_batch(canvas, idx, get, "log density", True)
-        weights = np.zeros(batch_size)
-        weights[: len(idx)] = 1
-        return arr, bsizes, weights
-
-    def compute1(arr, bsizes, weights):
-        # The sum of the batch's predictions at the compute size (pysaliency ShuffledBaselineModel).
-        with jax.enable_x64(True):
-            resized = metric_maps._resize_kernel(arr, *metric_maps.resize_taps(bsizes, compute_sizes, compute_size))
-            return np.asarray(_density_sum_kernel(resized, compute_sizes, weights))
-
-    rescaled: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-
-    def negatives(n):
-        # All fixations rescaled to image n's size (once per size), as metrics.shuffled_negatives; the mask drops n's own.
-        key = (int(sizes[n, 0]), int(sizes[n, 1]))
-        if key not in rescaled:
-            rescaled[key] = metrics.rescaled_fixations(key, sizes, xs_all, ys_all, image_of)
-        return rescaled[key] + (image_of != n,)
-
-    def load2(item):
-        canvas, idx = item
-        full, bsizes = batch_sizes(idx)
-        arr = canvas_batch(canvas, idx, get, "log density", False)  # checked on the first pass
-        base = None if get_baseline is None else canvas_batch(canvas, idx, get_baseline, "baseline log density", True)
-        # Fixations (B, n_pad), then negatives (B, F): one array, one sAUC map lookup (see _sauc_values_kernel).
-        all_xs = np.zeros((batch_size, n_pad + xs_all.size))
-        all_ys = np.zeros((batch_size, n_pad + xs_all.size))
-        all_mask = np.zeros((batch_size, n_pad + xs_all.size), bool)
-        for b, n in enumerate(full):
-            rows = own(n)
-            all_xs[b, : rows.size], all_ys[b, : rows.size], all_mask[b, : rows.size] = xs_all[rows], ys_all[rows], True
-            all_xs[b, n_pad:], all_ys[b, n_pad:], all_mask[b, n_pad:] = negatives(n)
-        return idx, arr, bsizes, base, all_xs, all_ys, all_mask
-
-    def compute2(idx, arr, bsizes, base, all_xs, all_ys, all_mask):
-        # Every metric of one batch.
-        xs, ys, mask = all_xs[:, :n_pad], all_ys[:, :n_pad], all_mask[:, :n_pad]
-        taps_in = metric_maps.resize_taps(bsizes, compute_sizes, compute_size)
-        with jax.enable_x64(True):
-            out = _batch_metrics(arr, bsizes, xs, ys, mask, base, (float(sigma), blur_mode))
-            shuffled = _shuffled_kernel(metric_maps._resize_kernel(arr, *taps_in), compute_sizes, average_log_density, float(n_images))
-            values = _sauc_values_kernel(arr, shuffled, bsizes, all_xs, all_ys, all_mask)
-            out["sAUC"] = _sauc_from_values(values, all_mask, n_pad)
-            out = {key: np.asarray(value)[: len(idx)] for key, value in out.items()}
-        if sim_map == "optimal":  # replaces SIM of the blurred density
-            out["SIM"] = np.array([
-                _optimal_sim(arr[b, : sizes[n, 0], : sizes[n, 1]], xs_all[own(n)], ys_all[own(n)], float(sigma),
-                             int(sim_map_seed), int(sim_map_epochs))
-                for b, n in enumerate(idx)])
-        return out
-
-    # Pass 1: the sum of all predictions, added in batch order (the same sum for any number of workers).
-    total = np.zeros(compute_size)
-    for partial in _in_order(load1, compute1, batches, workers):
-        total += partial
-    average_log_density = metric_maps.ShuffledBaseline(total, n_images, compute_size).average_log_density
-
-    # Pass 2: every metric, batch by batch.
-    per_fix: dict[str, np.ndarray] = {}
-    per_img: dict[str, np.ndarray] = {}
-    for (canvas, idx), out in zip(batches, _in_order(load2, compute2, batches, workers)):
-        for key, value in out.items():
-            if key in PER_FIXATION:
-                target = per_fix.setdefault(key, np.full(xs_all.size, np.nan))
-                for b, n in enumerate(idx):
-                    target[own(n)] = value[b, : counts[n]]
-            else:
-                per_img.setdefault(key, np.full(n_images, np.nan))[idx] = value
-
-    summary: dict[str, float] = {}
-    per_image: dict[str, np.ndarray] = {}
-    for key in METRICS:
-        if key in per_fix:
-            values = per_fix[key]
-            image_means = np.bincount(image_of, weights=values, minlength=n_images) / counts
-            per_image[key] = image_means
-            summary[key] = float(values.mean())
-            summary[key + "/image"] = float(image_means.mean())
-        elif key in per_img:
-            per_image[key] = per_img[key]
-            summary[key] = float(per_img[key].mean())
-    config = {
-        "model": model_name,
-        "sigma": float(sigma),
-        "blur_mode": blur_mode,
-        "shuffled_compute_size": list(compute_size),
-        "auc_judd_jitter": False,
-        "sim_map": SIM_MAPS[sim_map],
-        **({"sim_map_seed": int(sim_map_seed), "sim_map_epochs": int(sim_map_epochs)} if sim_map == "optimal" else {}),
-        "baseline": get_baseline is not None,
-    }
-    result = EvaluationResult(summary, per_image, names, counts, config, time.perf_counter() - start)
+    config = evaluation_config(settings, model_name, get_baseline is not None)
+    result = EvaluationResult(summary, per_image, data.names, data.counts, config, time.perf_counter() - start)
     if out_dir is not None:
         result.write(out_dir)
     return result

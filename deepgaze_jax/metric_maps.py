@@ -28,13 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepgaze_jax import metrics
+from deepgaze_jax.metrics import kernels, validation
 
 DEFAULT_COMPUTE_SIZE = (500, 500)
 
 
 def density_map(log_density) -> np.ndarray:
     """The map for AUC and NSS: ``exp(log_density)``. (H, W) or (B, H, W), nats -> probability per pixel."""
-    metrics._maps("log_density", log_density)
+    validation.as_maps("log_density", log_density)
     return np.exp(np.asarray(log_density, dtype=np.float64))
 
 
@@ -45,15 +46,15 @@ def blurred_density_map(log_density, sigma: float = 24.0, *, mode: metrics.BlurM
     (scipy 'reflect', as pysaliency's ``FixationMap``), so that is the default mode.
     log_density: (H, W) or (B, H, W), nats. Returns the same shape.
     """
-    metrics._maps("log_density", log_density)
+    validation.as_maps("log_density", log_density)
     return metrics.gaussian_blur(np.exp(np.asarray(log_density, dtype=np.float64)), sigma, mode=mode)
 
 
 def sauc_map(log_density, shuffled_log_density) -> np.ndarray:
     """The map for shuffled AUC: ``log p - log p_shuffled`` (pysaliency ``ShuffledAUCSaliencyMapModel``)."""
-    a, _ = metrics._maps("log_density", log_density)
-    b, _ = metrics._maps("shuffled_log_density", shuffled_log_density)
-    metrics._same_shape("log_density", a, "shuffled_log_density", b)
+    a, _ = validation.as_maps("log_density", log_density)
+    b, _ = validation.as_maps("shuffled_log_density", shuffled_log_density)
+    validation.check_same_shape("log_density", a, "shuffled_log_density", b)
     return np.asarray(log_density, dtype=np.float64) - np.asarray(shuffled_log_density, dtype=np.float64)
 
 
@@ -79,7 +80,7 @@ def _linear_taps(in_size: int, out_size: int, out_canvas: int | None = None) -> 
 
 
 def resize_taps(in_sizes, out_sizes, out_canvas: tuple[int, int]) -> tuple[np.ndarray, ...]:
-    """Per-image sampling taps for :func:`_resize_kernel`: six (B, Hc') / (B, Wc') arrays."""
+    """Per-image sampling taps for :func:`resize_canvas`: six (B, Hc') / (B, Wc') arrays."""
     rows = [_linear_taps(int(i[0]), int(o[0]), out_canvas[0]) for i, o in zip(in_sizes, out_sizes)]
     cols = [_linear_taps(int(i[1]), int(o[1]), out_canvas[1]) for i, o in zip(in_sizes, out_sizes)]
     return tuple(np.stack([t[k] for t in taps]) for taps in (rows, cols) for k in range(3))
@@ -93,28 +94,28 @@ def _resize_one(image, rows_lo, rows_hi, rows_w, cols_lo, cols_hi, cols_w):
 
 
 @jax.jit
-def _resize_kernel(maps, rows_lo, rows_hi, rows_w, cols_lo, cols_hi, cols_w):
+def resize_canvas(maps, rows_lo, rows_hi, rows_w, cols_lo, cols_hi, cols_w):
     """Linear resize of (B, Hc, Wc) canvases to (B, Hc', Wc') canvases with taps from :func:`resize_taps`."""
     return jax.vmap(_resize_one)(maps, rows_lo, rows_hi, rows_w, cols_lo, cols_hi, cols_w)
 
 
-def _renormalise(log_density, sizes):
+def renormalise(log_density, sizes):
     """(B, Hc, Wc) log densities minus their logsumexp over each image of ``sizes``, 0 outside it."""
-    valid = metrics._valid(log_density, sizes)
-    (peak,) = metrics._reduce_image(metrics._masked(log_density, valid, "max"))
+    valid = kernels.valid_pixels(log_density, sizes)
+    (peak,) = kernels.reduce_image(kernels.masked_extreme(log_density, valid, "max"))
     peak = peak[:, None, None]
     # Outside the image the canvas holds finite junk that may exceed the peak: clip before exp.
-    (total,) = metrics._reduce_image((jnp.exp(jnp.minimum(log_density - peak, 0)) * valid, "sum"))
+    (total,) = kernels.reduce_image((jnp.exp(jnp.minimum(log_density - peak, 0)) * valid, "sum"))
     return (log_density - peak - jnp.log(total)[:, None, None]) * valid
 
 
-_renormalise_kernel = jax.jit(_renormalise)
+_renormalise_kernel = jax.jit(renormalise)
 
 
 def _resize_log_density_kernel(log_density, out_sizes, *taps):
     """Resize then renormalise, as two dispatches: the resized maps are materialised in between, where
     XLA would otherwise recompute the interpolation inside every reduction (several times slower)."""
-    return _renormalise_kernel(_resize_kernel(log_density, *taps), out_sizes)
+    return _renormalise_kernel(resize_canvas(log_density, *taps), out_sizes)
 
 
 def resize_log_density(log_density, shape: tuple[int, int]) -> np.ndarray:
@@ -123,7 +124,7 @@ def resize_log_density(log_density, shape: tuple[int, int]) -> np.ndarray:
     log_density: (H, W) or (B, H, W), nats. shape: target (H', W'). Returns (H', W') or (B, H', W');
     unchanged (not renormalised) when the shape already matches, as in pysaliency.
     """
-    maps, batched = metrics._maps("log_density", log_density)
+    maps, batched = validation.as_maps("log_density", log_density)
     shape = (int(shape[0]), int(shape[1]))
     if maps.shape[1:] == shape:
         return maps if batched else maps[0]
@@ -132,7 +133,7 @@ def resize_log_density(log_density, shape: tuple[int, int]) -> np.ndarray:
     out_sizes = np.tile(np.array(shape, np.int32), (batch, 1))
     with jax.enable_x64(True):
         out = _resize_log_density_kernel(maps, out_sizes, *taps)
-    return metrics._out(out, batched)
+    return validation.unbatch(out, batched)
 
 
 class ShuffledBaseline:
@@ -162,7 +163,7 @@ class ShuffledBaseline:
         total = np.zeros(compute_size)
         count = 0
         for n, log_density in enumerate(log_densities):
-            maps, _ = metrics._maps(f"log density of image {n}", log_density)
+            maps, _ = validation.as_maps(f"log density of image {n}", log_density)
             metrics.check_normalised(maps[0], f"log density of image {n}")
             total += np.exp(resize_log_density(log_density, compute_size))
             count += 1
@@ -170,7 +171,7 @@ class ShuffledBaseline:
 
     def log_density(self, log_density) -> np.ndarray:
         """Baseline for the image whose own prediction is ``log_density`` (H, W), nats, normalised -> (H, W), nats."""
-        maps, _ = metrics._maps("log_density", log_density)
+        maps, _ = validation.as_maps("log_density", log_density)
         metrics.check_normalised(maps[0], "log_density")
         own = np.exp(resize_log_density(log_density, self.compute_size))
         n = self.count
@@ -202,7 +203,7 @@ def _sample_empirical_maps(key, cumulative, shape: tuple[int, int], count: int, 
     Pixels are drawn by inverting the cumulative sums (:func:`_cumulative`), as pysaliency's sampler:
     O(log(H*W)) per fixation, where ``jax.random.categorical`` draws Gumbel noise for every pixel of
     every fixation (60 GB for 5000 fixations on a 768x1024 image). The blurred counts are
-    :func:`metrics._fixation_map_kernel`'s sums of outer products of kernel profiles, one batched
+    :func:`kernels.fixation_map`'s sums of outer products of kernel profiles, one batched
     matrix product, ~3x faster on CPU than FFTs of the counts.
     """
     height, width = shape
@@ -210,7 +211,7 @@ def _sample_empirical_maps(key, cumulative, shape: tuple[int, int], count: int, 
     flat = jnp.minimum(jnp.searchsorted(cumulative, u, side="right"), height * width - 1)
     template = jnp.zeros((batch, height, width), cumulative.dtype)
     sizes = jnp.broadcast_to(jnp.array([height, width], jnp.int32), (batch, 2))
-    return metrics._fixation_map_kernel((flat % width).astype(cumulative.dtype), (flat // width).astype(cumulative.dtype),
+    return kernels.fixation_map((flat % width).astype(cumulative.dtype), (flat // width).astype(cumulative.dtype),
                                         jnp.ones(flat.shape, bool), template, sizes, sigma, "constant", truncate)
 
 
@@ -287,7 +288,7 @@ def sim_saliency_map(
     image, 117 s of CPU time (543 s wall on a busy 2-core machine, 0.3 CPU-s per step of 50 maps);
     use an accelerator for datasets.
     """
-    maps, batched = metrics._maps("log_density", log_density)
+    maps, batched = validation.as_maps("log_density", log_density)
     if batched and maps.shape[0] != 1:
         raise ValueError(f"sim_saliency_map takes one (H, W) log density, got {maps.shape}")
     ld = maps[0]
@@ -309,9 +310,9 @@ def expected_sim(saliency_map, log_density, sigma: float, *, seed: int = 1, samp
     Both (H, W). Empirical maps as in :func:`sim_saliency_map` (``fixation_count`` fixations, blur
     ``sigma`` px, zero padding). Used to compare SIM maps; the seed fixes the samples.
     """
-    smap, _ = metrics._maps("saliency_map", saliency_map)
-    ld, _ = metrics._maps("log_density", log_density)
-    metrics._same_shape("saliency_map", smap, "log_density", ld)
+    smap, _ = validation.as_maps("saliency_map", saliency_map)
+    ld, _ = validation.as_maps("log_density", log_density)
+    validation.check_same_shape("saliency_map", smap, "log_density", ld)
     with jax.enable_x64(True):
         empirical = _sample_empirical_maps(jax.random.PRNGKey(seed), _cumulative(ld[0]), ld.shape[1:], fixation_count, samples, float(sigma), float(truncate))
         return float(_expected_sim(jnp.asarray(smap[0]), empirical))

@@ -6,7 +6,7 @@
 Sections (each for DeepGaze I (AlexNet) and DeepGaze II (VGG-19, random weights), 1024x768 images):
 
 - ``inference``: image and center bias -> log density. Ours: ``jax.jit`` of ``DeepGaze.apply``, float32
-  and bfloat16 (``dtype`` of the backbone; the head stays float32). PyTorch: ``experiments/torch_deepgaze.py``
+  and bfloat16 (``dtype`` of the backbone; the head stays float32). PyTorch: ``tests/torch_deepgaze.py``
   (structured as the reference: forward hooks, 1x1 readout, nearest resizes, conv blur, logsumexp),
   channels_last, eager and ``torch.compile``, float32 and bfloat16 (``torch.autocast`` on the backbone).
 - ``head``: everything after the backbone (readout, resizes, blur, center bias, logsumexp), float32.
@@ -243,33 +243,31 @@ def pin_cores(threads: int | None) -> int:
 # --- FLOPs -----------------------------------------------------------------------------------
 
 
-def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 def model_flops(model, height: int, width: int) -> dict:
     """Analytic FLOPs of one image (2 per multiply-add), per part, as the reference structure computes them.
 
-    ``backbone``: the convolutions up to the last layer the readout reads (ReLU and pools not counted);
+    ``backbone``: the convolutions up to the last layer the readout reads (ReLU and pools not counted),
+    each at the output size our backbone gives it (from ``jax.eval_shape``, nothing computed);
     ``readout``: the 1x1 convs on the readout grid; ``blur``: the two 1-D Gaussian convs of the
     reference (``2 ceil(3 sigma) + 1`` taps, sigma = initial) on the saliency-map grid; ``head`` =
     readout + blur (resizes, center bias and logsumexp are a few FLOPs per pixel, not counted).
     """
+    import jax
+    import jax.numpy as jnp
+
     from deepgaze_jax import backbones
 
-    h, w = height // model.downsample, width // model.downsample
+    layers = backbones.ARCHITECTURES[model.backbone]
+    last = max(i for i, (name, _, _) in enumerate(layers) if name in model.layers)
+    convs = [(name, args) for name, kind, args in layers[: last + 1] if kind == "conv"]
+    net = backbones.Backbone(model.backbone, tuple(name for name, _ in convs), ceil_mode=model.ceil_mode)
+    images = jax.ShapeDtypeStruct((1, height // model.downsample, width // model.downsample, 3), jnp.float32)
+    shapes, _ = jax.eval_shape(lambda x: net.init_with_output(jax.random.PRNGKey(0), x), images)
     channels, flops = 3, 0
-    last = max(i for i, (name, _, _) in enumerate(backbones.ARCHITECTURES[model.backbone]) if name in model.layers)
-    for name, kind, args in backbones.ARCHITECTURES[model.backbone][: last + 1]:
-        if kind == "conv":
-            out, k, stride, pad = args
-            h, w = conv_out(h, k, stride, pad), conv_out(w, k, stride, pad)
-            flops += 2 * k * k * channels * out * h * w
-            channels = out
-        elif kind == "pool":
-            window, stride = args
-            h = backbones._pool_output_size(h, window, stride, model.ceil_mode)
-            w = backbones._pool_output_size(w, window, stride, model.ceil_mode)
+    for name, (out, k, _, _) in convs:
+        _, h, w, _ = shapes[name].shape
+        flops += 2 * k * k * channels * out * h * w
+        channels = out
     rh, rw = model.readout_shape(height, width)
     readout, fan_in = 0, model.feature_channels
     for out in model.readout_channels:
@@ -351,10 +349,8 @@ class Frameworks:
     def model(self, name: str):
         """``(our DeepGaze, torch model, our params)`` with the same random weights, built once."""
         if name not in self.built:
-            sys.path.insert(0, str(REPO / "experiments"))
-            from torch_deepgaze import build
-
             from deepgaze_jax.model import deepgaze1, deepgaze2
+            from tests.torch_deepgaze import build
 
             model = deepgaze1() if name == "deepgaze1" else deepgaze2("vgg19")
             torch_model, params = build(model, seed=0, device=self.torch_device)
@@ -378,7 +374,8 @@ class Frameworks:
         images = put(data["images"])
         cb_full = put(data["centerbias"])
         cb = put(self._batched_cb(data))
-        batch = [put(data[k]) for k in ("xs", "ys", "mask", "weight")]
+        # xs, ys, mask, weight and the loss weight: the image weight, as fit's default weighting passes it
+        batch = [put(data[k]) for k in ("xs", "ys", "mask", "weight", "weight")]
 
         def aot(fn, *args, **kwargs):
             start = time.perf_counter()
@@ -399,11 +396,11 @@ class Frameworks:
         state = {"state": trainer.init_state(jax.tree.map(lambda x: x.copy(), params["head"]))}
         if case.section == "train_cached":
             features = model.features(params["backbone"], images).block_until_ready()
-            compiled = aot(trainer._train_step, state["state"], features, cb_full, *batch, donate_argnums=0)
+            compiled = aot(trainer.train_step, state["state"], features, cb_full, *batch, donate_argnums=0)
             args = (features, cb_full, *batch)
         else:
-            def step(state, backbone, images, cb, xs, ys, mask, weight):
-                return trainer._train_step(state, model.features(backbone, images), cb, xs, ys, mask, weight)
+            def step(state, backbone, images, cb, xs, ys, mask, weight, loss_weight):
+                return trainer.train_step(state, model.features(backbone, images), cb, xs, ys, mask, weight, loss_weight)
 
             compiled = aot(step, state["state"], params["backbone"], images, cb_full, *batch, donate_argnums=0)
             args = (params["backbone"], images, cb_full, *batch)

@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO))
 import jax  # noqa: E402
 
 from deepgaze_jax import evaluation  # noqa: E402
+from deepgaze_jax.metrics import KLDIV_EPS  # noqa: E402
 
-KLDIV_EPS = 2.2204e-16
 NOTES_COMMON = """Both sides read the same float32 `.npy` predictions (as float64) and time that loading separately; both
 compute in float64. Ours makes every map once per image in one pass over the dataset (plus a first pass for
 the shuffled baseline, as pysaliency's), and computes several batches of images at once on worker threads
@@ -107,7 +107,7 @@ class Loader:
 
 
 def run_pysaliency(get, sizes, xs, ys, ns, sigma, caching=False):
-    from experiments import pysaliency_reference as ref
+    from tests import pysaliency_reference as ref
 
     ps = ref.pysaliency
     stimuli = ref.make_stimuli(sizes)
@@ -168,7 +168,7 @@ def main() -> None:
                 np.save(path, stand_in_prediction(n, sizes[n]).astype(np.float32))
     print(f"{len(names)} images, {xs.size} fixations, predictions from {folder}", flush=True)
 
-    workers = evaluation._default_workers() if args.workers is None else args.workers
+    workers = evaluation.default_workers() if args.workers is None else args.workers
     report = {"workers": workers, "machine_note": args.machine, "platform": platform.platform(), "cpus": os.cpu_count(), "load_average_start": os.getloadavg(), "sigma": args.sigma, "predictions": str(folder) if args.predictions else "stand-in (centre bias + smooth random map)"}
 
     subset = np.arange(0, len(names), args.pysaliency_every)

@@ -16,7 +16,8 @@ from scipy.ndimage import gaussian_filter, zoom
 from scipy.special import logsumexp
 
 from deepgaze_jax import evaluation, likelihood, metric_maps, metrics
-from experiments import pysaliency_reference as ref
+from deepgaze_jax.metrics import kernels
+from tests import pysaliency_reference as ref
 
 ps = ref.pysaliency
 from pysaliency import metrics as ps_metrics  # noqa: E402
@@ -146,8 +147,8 @@ def test_fixation_map_on_a_canvas_with_an_image_shorter_than_the_kernel_radius()
     ys = rng.uniform(0, 1, (2, 20)) * sizes[:, 0:1]
     mask = np.ones((2, 20), bool)
     for sigma, batch in [(2.0, slice(0, 2)), (4.0, slice(0, 2)), (4.0, slice(0, 1))]:  # radius 8 < 10; 16 > 10
-        with metrics.jax.enable_x64(True):
-            out = np.asarray(metrics._fixation_map_kernel(xs[batch], ys[batch], mask[batch], np.zeros((sizes[batch].shape[0], H, W)), sizes[batch], sigma))
+        with jax.enable_x64(True):
+            out = np.asarray(kernels.fixation_map(xs[batch], ys[batch], mask[batch], np.zeros((sizes[batch].shape[0], H, W)), sizes[batch], sigma))
         for b, (h, w) in enumerate(sizes[batch]):
             counts = np.zeros((h, w))
             np.add.at(counts, (ys[batch][b].astype(int), xs[batch][b].astype(int)), 1.0)
@@ -178,17 +179,17 @@ def test_kernels_on_a_padded_canvas_equal_the_unpadded_results():
     canvas[0, :20, :27] = ld
     sizes = np.array([[20, 27]], np.int32)
     m = np.ones((1, 25), bool)
-    with metrics.jax.enable_x64(True):
-        dens = np.where(np.asarray(metrics._valid(canvas, sizes)) > 0, np.exp(canvas), 77.0)
+    with jax.enable_x64(True):
+        dens = np.where(np.asarray(kernels.valid_pixels(canvas, sizes)) > 0, np.exp(canvas), 77.0)
         checks = {
-            "LL": (metrics._log_likelihood_kernel(canvas, sizes, xs[None], ys[None], m)[0], metrics.log_likelihood(ld, xs, ys)),
-            "AUC": (metrics._auc_kernel(dens, sizes, xs[None], ys[None], m)[0], metrics.auc(np.exp(ld), xs, ys)),
-            "NSS": (metrics._nss_kernel(dens, sizes, xs[None], ys[None], m)[0], metrics.nss(np.exp(ld), xs, ys)),
-            "Judd": (metrics._auc_judd_kernel(dens, sizes, xs[None], ys[None], m)[0], metrics.auc_judd(np.exp(ld), xs, ys)),
-            "blur": (metrics._blur_kernel(dens, sizes, 3.0)[0, :20, :27], metrics.gaussian_blur(np.exp(ld), 3.0)),
-            "CC": (metrics._cc_kernel(dens, dens**2, sizes)[0], metrics.cc(np.exp(ld), np.exp(ld) ** 2)),
-            "KL": (metrics._kl_div_kernel(dens, dens**2, sizes)[0], metrics.kl_div(np.exp(ld), np.exp(ld) ** 2)),
-            "SIM": (metrics._sim_kernel(dens, dens**2, sizes)[0], metrics.sim(np.exp(ld), np.exp(ld) ** 2)),
+            "LL": (kernels.log_likelihood(canvas, sizes, xs[None], ys[None], m)[0], metrics.log_likelihood(ld, xs, ys)),
+            "AUC": (kernels.auc(dens, sizes, xs[None], ys[None], m)[0], metrics.auc(np.exp(ld), xs, ys)),
+            "NSS": (kernels.nss(dens, sizes, xs[None], ys[None], m)[0], metrics.nss(np.exp(ld), xs, ys)),
+            "Judd": (kernels.auc_judd(dens, sizes, xs[None], ys[None], m)[0], metrics.auc_judd(np.exp(ld), xs, ys)),
+            "blur": (kernels.gaussian_blur(dens, sizes, 3.0)[0, :20, :27], metrics.gaussian_blur(np.exp(ld), 3.0)),
+            "CC": (kernels.cc(dens, dens**2, sizes)[0], metrics.cc(np.exp(ld), np.exp(ld) ** 2)),
+            "KL": (kernels.kl_div(dens, dens**2, sizes)[0], metrics.kl_div(np.exp(ld), np.exp(ld) ** 2)),
+            "SIM": (kernels.sim(dens, dens**2, sizes)[0], metrics.sim(np.exp(ld), np.exp(ld) ** 2)),
         }
     for name, (ours, expected) in checks.items():
         np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-12, err_msg=name)
@@ -236,6 +237,31 @@ def test_evaluate_matches_pysaliency_on_a_small_dataset(tmp_path):
     assert (tmp_path / "metrics.json").exists() and "| sAUC |" in (tmp_path / "metrics.md").read_text()
 
 
+def test_evaluate_steps_batch_by_canvas_and_put_scores_back_in_dataset_order():
+    """The host-side steps of evaluate on a tiny dataset whose fixations are not sorted by image."""
+    sizes = [(20, 30), (40, 30), (20, 25), (20, 30)]
+    xs, ys, ns = np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.array([1.0, 1.0, 2.0, 2.0, 3.0]), np.array([2, 0, 1, 0, 3])
+    data = evaluation.check_dataset(sizes, xs, ys, ns, ["a", "b", "c", "d"])
+    assert data.n_images == 4 and data.counts.tolist() == [2, 1, 1, 1] and data.n_pad == 64
+    assert data.rows(0).tolist() == [1, 3] and data.rows(2).tolist() == [0]
+    batches = evaluation.plan_batches(data.sizes, batch_size=2, canvas_multiple=32)
+    assert [(b.canvas, b.images) for b in batches] == [((32, 32), [0, 2]), ((32, 32), [3]), ((64, 32), [1])]
+    full, slot_sizes = evaluation.batch_slots(batches[1], data, 2)
+    assert full == [3, 3] and slot_sizes.tolist() == [[20, 30], [20, 30]]
+    outputs = [
+        {"LL": np.array([[10.0, 11.0] + [np.nan] * 62, [12.0] + [np.nan] * 63]), "CC": np.array([0.1, 0.3])},
+        {"LL": np.array([[13.0] + [np.nan] * 63]), "CC": np.array([0.4])},
+        {"LL": np.array([[14.0] + [np.nan] * 63]), "CC": np.array([0.2])},
+    ]
+    per_fix, per_img = evaluation.collect_scores(batches, outputs, data)
+    np.testing.assert_array_equal(per_fix["LL"], [12.0, 10.0, 14.0, 11.0, 13.0])
+    np.testing.assert_array_equal(per_img["CC"], [0.1, 0.2, 0.3, 0.4])
+    summary, per_image = evaluation.summarise(per_fix, per_img, data)
+    np.testing.assert_array_equal(per_image["LL"], [10.5, 14.0, 12.0, 13.0])
+    assert summary["LL"] == 12.0 and summary["LL/image"] == 12.375 and summary["CC"] == pytest.approx(0.25)
+    assert list(summary) == ["LL", "LL/image", "CC"]
+
+
 def test_evaluate_accepts_a_callable_or_a_one_shot_iterator_and_any_number_of_workers():
     rng = np.random.default_rng(10)
     sizes = [(H, W), (20, 27), (H, W)]
@@ -270,8 +296,8 @@ def test_count_below_and_equal_matches_brute_force_with_ties_and_masks(n):
     values = np.round(rng.normal(size=(3, 9, 11)) * 2) / 2
     values[1, 0, :3] = thresholds[1, 0]  # equal to the smallest, below everything else
     include = rng.random(values.shape) < 0.8
-    with metrics.jax.enable_x64(True):
-        less, equal = (np.asarray(a) for a in metrics.jax.jit(metrics._count_below_and_equal)(thresholds, values, include))
+    with jax.enable_x64(True):
+        less, equal = (np.asarray(a) for a in jax.jit(kernels.count_below_and_equal)(thresholds, values, include))
     for b in range(3):
         kept = values[b][include[b]]
         np.testing.assert_array_equal(less[b], [(kept < t).sum() for t in thresholds[b]])
