@@ -248,6 +248,9 @@ def test_batches_every_fixation_once_and_determinism(tmp_path):
             assert b.shape == tuple(ds.sizes[i])
     again = _epoch_images(P.batches(fixations, 2, seed=3))
     np.testing.assert_array_equal(images, again)
+    # an image with more fixations than a batch entry holds is refused, never cut short
+    with pytest.raises(ValueError, match=r"image 0: \d+ fixations exceed max_fixations=2"):
+        P.FixationSet.from_dataset(ds, _no_features(ds), max_fixations=2)
 
 
 def test_crossval_subset_keeps_fixations(tmp_path):
