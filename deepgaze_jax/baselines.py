@@ -43,11 +43,12 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
+from deepgaze_jax.likelihood import LN2
+
 if TYPE_CHECKING:  # the data module imports tensorflow-datasets; predicting needs only the maps
     from deepgaze_jax.data.datasets import FixationDataset
 
 log = logging.getLogger(__name__)
-LOG2 = math.log(2.0)
 DEFAULT_BINS = 256
 
 
@@ -138,7 +139,7 @@ class CenterBias:
         objective = _CenterBiasObjective(dataset, bins)
         x = _minimize(lambda p: -jnp.mean(objective(p)), np.array([math.log(0.05), -5.0]),
                       bounds=[(math.log(1e-3), math.log(1.0)), (-40.0, 5.0)])
-        ll = float(np.mean(objective(jnp.asarray(x, jnp.float32)))) / LOG2
+        ll = float(np.mean(objective(jnp.asarray(x, jnp.float32)))) / LN2
         return cls(objective.histogram, float(np.exp(x[0])), float(jax.nn.sigmoid(x[1])), ll)
 
     @classmethod
@@ -262,7 +263,7 @@ class GoldStandard:
         objective = _GoldStandardObjective(dataset, cb_ll)
         x = _minimize(lambda p: -jnp.mean(objective(p)), np.array([math.log(0.02), 2.0, 0.0, -3.0]),
                       bounds=[(math.log(1e-3), math.log(1.0))] + [(-40.0, 40.0)] * 3)
-        ll = float(np.mean(objective(jnp.asarray(x, jnp.float32)))) / LOG2
+        ll = float(np.mean(objective(jnp.asarray(x, jnp.float32)))) / LN2
         weights = tuple(float(t) for t in jax.nn.softmax(jnp.asarray(x[1:])))
         return cls(float(np.exp(x[0])), weights, center_bias, ll)
 

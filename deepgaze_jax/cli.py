@@ -17,10 +17,11 @@ import pathlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
-#: Shipped predictor names (``deepgaze_jax/assets/<name>.safetensors``).
-MODELS = ("deepgaze1", "deepgaze2_vgg16")
-TRAINABLE = ("deepgaze1", "deepgaze2_vgg16", "deepgaze2_vgg19", "deepgaze2_vgg16_block4",
-             "deepgaze2_vgg16_iie")  # keys of train.MODELS
+from deepgaze_jax import registry
+
+#: Shipped predictor names (``deepgaze_jax/assets/<name>.safetensors``) and trainable models, from the registry.
+MODELS = registry.SHIPPED
+TRAINABLE = registry.TRAINABLE
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 #: Images, and pixels, read ahead of prediction at most (bounds memory on large folders and images).
 CHUNK = 64
@@ -385,7 +386,7 @@ def _add_train(sub) -> None:
     p.add_argument("--model", default="deepgaze1", choices=TRAINABLE,
                    help="deepgaze2_vgg16_block4 reads block 4's conv4_3, relu4_3 besides block 5; "
                         "deepgaze2_vgg16_iie has the DeepGaze IIE / III readout (layer norm, 8-16-1, softplus)")
-    p.add_argument("--config", type=pathlib.Path, help="TrainConfig as JSON (see deepgaze_jax.train.TrainConfig)")
+    p.add_argument("--config", type=pathlib.Path, help="TrainConfig as JSON (see deepgaze_jax.config.TrainConfig)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value (JSON value), e.g. --set learning_rate=0.002; repeatable")
     p.add_argument("--data", type=pathlib.Path, required=True,
@@ -430,7 +431,7 @@ def train_config(args: argparse.Namespace):
     """The TrainConfig from --model, --config and --set (each error names the key)."""
     import json
 
-    from deepgaze_jax.train import TrainConfig
+    from deepgaze_jax.config import TrainConfig
 
     values = {"model": args.model}
     if args.config is not None:

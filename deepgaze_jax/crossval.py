@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import platform
@@ -29,24 +28,16 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from scipy.special import logsumexp
 
 from deepgaze_jax import data as data_lib
-from deepgaze_jax import distributed, feature_cache
+from deepgaze_jax import distributed, feature_cache, likelihood, registry
 from deepgaze_jax import train as T
 from deepgaze_jax.baselines import CenterBias, GoldStandard
+from deepgaze_jax.config import TrainConfig
+from deepgaze_jax.input_pipeline import FixationSet
+from deepgaze_jax.likelihood import LN2
 from deepgaze_jax.predict import save_predictor_heads
 from deepgaze_jax.pretrained import load_backbone
-
-LN2 = math.log(2.0)
-PAPER = {"deepgaze1": "56 % explained information gain (Kümmerer et al. 2015)",
-         "deepgaze2_vgg16": "87 % explained information gain with VGG-19 and SALICON pre-training (Kümmerer et al. 2016)",
-         "deepgaze2_vgg19": "87 % explained information gain with SALICON pre-training (Kümmerer et al. 2016)",
-         "deepgaze2_vgg16_block4": "87 % explained information gain with VGG-19 (block 5 only) and SALICON "
-                                   "pre-training (Kümmerer et al. 2016)",
-         "deepgaze2_vgg16_iie": "87 % explained information gain with the DeepGaze II readout, VGG-19 and SALICON "
-                                "pre-training (Kümmerer et al. 2016); DeepGaze IIE (its readout on other "
-                                "backbones) 93 % (Linardos et al. 2021)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,18 +102,13 @@ def centerbias_function(center_bias: CenterBias):
     return log_density
 
 
-def bits_at(log_density: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    h, w = log_density.shape
-    return (log_density[ys.astype(int), xs.astype(int)] + math.log(h * w)) / LN2
-
-
 def summarise(model_bits, cb_bits, gold_bits) -> dict:
-    """Per-fixation averages (bits/fixation relative to uniform) and information gains."""
-    ll, cb, gold = (float(np.mean(np.concatenate(b))) for b in (model_bits, cb_bits, gold_bits))
-    per_image = lambda bits: float(np.mean([b.mean() for b in bits if len(b)]))  # noqa: E731
+    """Per-fixation averages (bits/fixation relative to uniform) and information gains, from per image
+    the ``(n_i,)`` bits of the model, the center bias and the gold standard."""
+    ll, cb, gold = (likelihood.average_bits(b, "fixation") for b in (model_bits, cb_bits, gold_bits))
     return {
         "log_likelihood": ll,
-        "log_likelihood_per_image": per_image(model_bits),
+        "log_likelihood_per_image": likelihood.average_bits(model_bits, "image"),
         "center_bias_log_likelihood": cb,
         "gold_standard_log_likelihood": gold,
         "information_gain": ll - cb,
@@ -133,11 +119,20 @@ def summarise(model_bits, cb_bits, gold_bits) -> dict:
     }
 
 
-def ensemble_bits(members: list[list[np.ndarray]]) -> list[np.ndarray]:
-    """Per image, the log-likelihood (bits vs uniform) of each fixation under the mean density of the
-    members, from each member's per-image ``(n_i,)`` bits."""
-    k = math.log(len(members))
-    return [(logsumexp(np.stack(per_image) * LN2, axis=0) - k) / LN2 for per_image in zip(*members)]
+def fold_bits(evaluator: T.Evaluator, heads: Sequence[dict], fixations: FixationSet, test: Sequence[int],
+              centerbias, gold_nats: np.ndarray, rows: Sequence[np.ndarray],
+              batch_size: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Per test image of a fold (in the order of ``test``, indices into ``fixations``), the ``(n_i,)``
+    bits relative to uniform of each fixation under the model (the ensemble of ``heads``, densities
+    averaged), the fold's center bias (``centerbias``: ``(H, W) -> (H, W)`` log density, nats) and the
+    gold standard (``gold_nats``: per row of the dataset's fixation table, nats; ``rows``: per image
+    its rows, :func:`deepgaze_jax.data.rows_by_image`)."""
+    part = fixations.subset(test)
+    model_bits = likelihood.ensemble_bits([evaluator.fixation_log_likelihoods(h, part, centerbias, batch_size)
+                                           for h in heads])
+    cb_bits = [likelihood.bits_at(centerbias(part.shapes[j]), part.xs[j], part.ys[j]) for j in range(len(part))]
+    gold_bits = [gold_nats[rows[i]] / LN2 for i in test]
+    return model_bits, cb_bits, gold_bits
 
 
 def results_name(model: str, seeds: int, target: str = "mit1003", extras: Sequence[str] = (),
@@ -177,15 +172,15 @@ def load_with_features(model, backbone: dict, data_dir: pathlib.Path, cache: pat
     return dataset, feature_cache.cached_features(model, backbone, dataset, cache, source.cache_name, flip=flip)
 
 
-def _fixation_set(config: T.TrainConfig, model, backbone, source: Source, dataset, cache: pathlib.Path,
-                  suffix: str = "") -> T.FixationSet:
+def _fixation_set(config: TrainConfig, model, backbone, source: Source, dataset, cache: pathlib.Path,
+                  suffix: str = "") -> FixationSet:
     features = feature_cache.cached_features(model, backbone, dataset, cache, source.cache_name + suffix)
     flipped = None if not config.flip else feature_cache.cached_features(
         model, backbone, dataset, cache, source.cache_name + suffix, flip=True)
-    return T.FixationSet.from_dataset(dataset, features, flipped=flipped)
+    return FixationSet.from_dataset(dataset, features, flipped=flipped)
 
 
-def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: pathlib.Path,
+def run(config: TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: pathlib.Path,
         results_dir: pathlib.Path | None = None, heads_path: pathlib.Path | None = None,
         backbone_path: pathlib.Path | None = None, command: str = "", max_images: int | None = None,
         seeds: int = 1, extra_data: Sequence[pathlib.Path] = (), recipe: str = "joint") -> dict:
@@ -249,6 +244,7 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
     if extras and recipe == "pretrain":
         pretrained = _pretrain(config, extra_fixations, extra_cbs, runs_dir, seeds)
 
+    evaluator = T.Evaluator(model)
     model_bits, cb_bits, gold_bits, records, heads, center_biases = {}, {}, {}, [], [], {}
     for fold in folds:
         split = data_lib.crossval_splits(len(dataset), fold)
@@ -257,7 +253,7 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
         fold_start = time.time()
         train, val = fixations.subset(split["train"]), fixations.subset(split["val"])
         if extras and recipe == "joint":
-            train = T.FixationSet.join([train, *extra_fixations])
+            train = FixationSet.join([train, *extra_fixations])
         split_ids = {k: [dataset.image_ids[i] for i in v] for k, v in split.items()}
         if extras:
             split_ids["extra_datasets"] = [str(e.path) for e in extras]
@@ -268,16 +264,10 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
             members.append(T.fit(seeded, train, val, [cb, *extra_cbs] if recipe == "joint" else cb,
                                  workdir=runs_dir / run_name, split=split_ids,
                                  init_head=None if pretrained is None else pretrained[offset]))
-        evaluator = T.Evaluator(model)
-        test = fixations.subset(split["test"])
-        bits = ensemble_bits([evaluator.fixation_log_likelihoods(m.best_params, test, cb, config.batch_size)
-                              for m in members])
-        fold_model, fold_cb, fold_gold = [], [], []
+        fold_model, fold_cb, fold_gold = fold_bits(evaluator, [m.best_params for m in members], fixations,
+                                                   split["test"], cb, gold_nats, rows, config.batch_size)
         for j, i in enumerate(split["test"]):
-            model_bits[i] = bits[j]
-            cb_bits[i] = bits_at(cb(test.shapes[j]), test.xs[j], test.ys[j])
-            gold_bits[i] = gold_nats[rows[i]] / LN2
-            fold_model.append(model_bits[i]), fold_cb.append(cb_bits[i]), fold_gold.append(gold_bits[i])
+            model_bits[i], cb_bits[i], gold_bits[i] = fold_model[j], fold_cb[j], fold_gold[j]
         runs = [{"seed": config.seed + offset, "epochs": m.epochs, "restarts": m.restarts,
                  "best_val_log_likelihood_per_image": m.best_val,
                  "sigma": float(m.best_params["finalizer"]["sigma"]),
@@ -310,7 +300,7 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
         "total": total,
         "metrics": evaluation.summary,
         "gold_standard": {"bandwidth": gold.bandwidth, "weights": list(gold.weights)},
-        "paper": PAPER[config.model] if target.fixatons else "none on this dataset",
+        "paper": registry.MODELS[config.model].paper if target.fixatons else "none on this dataset",
         "seconds": {"features": feature_seconds, "total": time.time() - started},
         "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, jax {jax.__version__} on "
                    f"{jax.devices()[0].device_kind}"
@@ -341,13 +331,13 @@ def run(config: T.TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: 
     return results
 
 
-def _pretrain(config: T.TrainConfig, parts: list[T.FixationSet], centerbiases: list, runs_dir: pathlib.Path,
+def _pretrain(config: TrainConfig, parts: list[FixationSet], centerbiases: list, runs_dir: pathlib.Path,
               seeds: int) -> list[dict]:
     """One readout per seed fitted on the extra datasets alone; the first one's fold-0 test images (a tenth
     of it) stop it early and are not trained on."""
     held_out = data_lib.crossval_splits(len(parts[0]), 0)["test"]
     rest = np.setdiff1d(np.arange(len(parts[0])), held_out)
-    train = T.FixationSet.join([parts[0].subset(rest), *parts[1:]])
+    train = FixationSet.join([parts[0].subset(rest), *parts[1:]])
     val = parts[0].subset(held_out)
     out = []
     for offset in range(seeds):

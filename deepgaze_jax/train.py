@@ -1,10 +1,13 @@
-"""Maximum-likelihood training of the DeepGaze readout (the backbone stays frozen).
+"""Maximum-likelihood training of the DeepGaze readout (the backbone stays frozen): the sharded
+trainer and :func:`fit`.
 
-The backbone is run once per image (:func:`cache_features`); training then needs only the cached
-features, the fixations and the center bias. The loss is the negative log-likelihood in bits per
-fixation relative to uniform, averaged per image. One jitted step updates the head parameters and the
-optimizer state (donated); the frozen backbone never enters it. Batches are sharded over all devices
-along the batch axis (``jax.sharding``), multi-host through ``jax.distributed``
+The backbone is run once per image (:mod:`deepgaze_jax.feature_cache`); training then needs only the
+cached features, the fixations and the center bias, batched by :mod:`deepgaze_jax.input_pipeline`;
+the config is :class:`~deepgaze_jax.config.TrainConfig`. The loss is the negative log-likelihood in
+bits per fixation relative to uniform, averaged per image
+(:func:`deepgaze_jax.likelihood.per_image_log_likelihood`). One jitted step updates the head parameters
+and the optimizer state (donated); the frozen backbone never enters it. Batches are sharded over all
+devices along the batch axis (``jax.sharding``), multi-host through ``jax.distributed``
 (:mod:`deepgaze_jax.distributed`: every process runs :func:`fit` on the same data). Checkpoints are
 written with orbax after every epoch (the latest, for resuming) and whenever validation improves (the
 best); the config and the data split are saved as JSON beside them.
@@ -12,8 +15,6 @@ best); the config and the data split are saved as JSON beside them.
 
 from __future__ import annotations
 
-import collections.abc
-import dataclasses
 import functools
 import json
 import math
@@ -21,9 +22,8 @@ import os
 import pathlib
 import tempfile
 import types
-import typing
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,391 +33,12 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from deepgaze_jax import distributed
+from deepgaze_jax import distributed, likelihood
 from deepgaze_jax import model as model_lib
-from deepgaze_jax.likelihood import bits_relative_to_uniform
-
-MODELS: dict[str, Callable[[], model_lib.DeepGaze]] = {
-    "deepgaze1": model_lib.deepgaze1,
-    "deepgaze2_vgg16": lambda: model_lib.deepgaze2("vgg16"),
-    "deepgaze2_vgg19": lambda: model_lib.deepgaze2("vgg19"),
-    # Block 5 and block 4's conv4_3 / relu4_3: 3584 channels (this project's variant, not the paper's).
-    "deepgaze2_vgg16_block4": lambda: model_lib.deepgaze2("vgg16", extra_layers=model_lib.BLOCK4_LAYERS),
-    # DeepGaze II's features with the DeepGaze IIE / III readout (layer norm, 8-16-1, softplus).
-    "deepgaze2_vgg16_iie": lambda: model_lib.deepgaze2("vgg16", readout="iie"),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Training hyper-parameters; saved as JSON beside every checkpoint.
-
-    Attributes:
-      model: a key of :data:`MODELS`: ``"deepgaze1"``, ``"deepgaze2_vgg16"``, ``"deepgaze2_vgg19"`` or
-        ``"deepgaze2_vgg16_block4"`` (block 4's ``conv4_3, relu4_3`` read besides block 5).
-      learning_rate: Adam's initial learning rate.
-      schedule: ``"step"`` (multiply by ``decay_factor`` at each of ``decay_epochs``), ``"cosine"``
-        (to 0 over ``max_epochs``) or ``"constant"``.
-      decay_epochs: epochs at which the step schedule decays.
-      decay_factor: the step schedule's factor.
-      max_epochs: upper bound on epochs.
-      patience: stop after this many epochs without a better validation log-likelihood.
-      batch_size: images per step (global, over all devices).
-      seed: seed of the head initialisation and the data order.
-      feature_dtype: dtype of the cached features (``"float32"`` or ``"bfloat16"``).
-      weight_decay: decoupled weight decay (AdamW, scaled by the learning rate) of the readout
-        kernels; biases, sigma and the center-bias weight are not decayed.
-      dropout: probability of zeroing each backbone feature in training (the rest scaled by
-        ``1 / (1 - dropout)``); ``dropout_channels`` drops whole channels of an image instead.
-      flip: horizontal-flip augmentation: each training batch is mirrored with probability 1/2 (the
-        features of the mirrored images, which the training data must carry, and the fixations and
-        center bias mirrored).
-      weighting: how the loss weighs the training images of several datasets (sources of a
-        :class:`FixationSet`): ``"image"`` every image alike (the loss is the per-image average
-        log-likelihood), ``"fixation"`` every fixation alike (images weighted by their fixation
-        count), ``"dataset"`` every dataset alike (each source's images share one equal total weight).
-      source_weights: a further factor per source (source 0 first; empty: all 1), e.g. ``(1.0, 0.5)``
-        to count the second dataset half.
-    """
-
-    model: str = "deepgaze1"
-    learning_rate: float = 1e-2
-    schedule: str = "step"
-    decay_epochs: tuple[int, ...] = (30, 45)
-    decay_factor: float = 0.1
-    max_epochs: int = 60
-    patience: int = 10
-    batch_size: int = 4
-    seed: int = 0
-    feature_dtype: str = "float32"
-    weight_decay: float = 0.0
-    dropout: float = 0.0
-    dropout_channels: bool = False
-    flip: bool = False
-    weighting: str = "image"
-    source_weights: tuple[float, ...] = ()
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            values = getattr(self, f.name)
-            for v in values if isinstance(values, tuple) else (values,):
-                if isinstance(v, float) and not math.isfinite(v):
-                    raise ValueError(f"config: {f.name} must be finite, got {v}")
-        if self.weighting not in ("image", "fixation", "dataset"):
-            raise ValueError(f"config: weighting must be 'image', 'fixation' or 'dataset', got {self.weighting!r}")
-        if any(w < 0 for w in self.source_weights) or (self.source_weights and max(self.source_weights) == 0):
-            raise ValueError(f"config: source_weights must be >= 0 and not all 0, got {list(self.source_weights)}")
-        if not 0 < self.decay_factor <= 1:
-            raise ValueError(f"config: decay_factor must be in (0, 1], got {self.decay_factor}")
-        if self.patience < 1:
-            raise ValueError(f"config: patience must be >= 1, got {self.patience}")
-        if any(e < 1 for e in self.decay_epochs):
-            raise ValueError(f"config: decay_epochs must be >= 1, got {list(self.decay_epochs)}")
-        if self.model not in MODELS:
-            raise ValueError(f"config: model must be one of {sorted(MODELS)}, got {self.model!r}")
-        if self.schedule not in ("step", "cosine", "constant"):
-            raise ValueError(f"config: schedule must be 'step', 'cosine' or 'constant', got {self.schedule!r}")
-        if self.feature_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"config: feature_dtype must be 'float32' or 'bfloat16', got {self.feature_dtype!r}")
-        for name in ("max_epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)}")
-        if self.weight_decay < 0:
-            raise ValueError(f"config: weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"config: dropout must be in [0, 1), got {self.dropout}")
-        if not 0 < self.learning_rate <= 1:
-            raise ValueError(f"config: learning_rate must be in (0, 1], got {self.learning_rate}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        """Build from a dict, refusing unknown keys and values of the wrong type (named in the error)."""
-        if not isinstance(values, dict):
-            raise ValueError(f"config: expected a JSON object of settings, got {type(values).__name__} {values!r}")
-        hints = typing.get_type_hints(cls)
-        unknown = sorted(set(values) - set(hints))
-        if unknown:
-            raise ValueError(f"config: unknown key(s) {unknown}; known: {sorted(hints)}")
-        clean = {}
-        for key, value in values.items():
-            clean[key] = _coerce(key, value, hints[key])
-        return cls(**clean)
-
-    @classmethod
-    def from_json(cls, text: str) -> TrainConfig:
-        return cls.from_dict(json.loads(text))
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    def build_model(self) -> model_lib.DeepGaze:
-        return dataclasses.replace(MODELS[self.model](), dtype=self.feature_dtype)
-
-
-def _coerce(key: str, value, hint):
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        ok = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if item is int else (
-            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
-        if not isinstance(value, (list, tuple)) or not all(ok(v) for v in value):
-            raise ValueError(f"config: {key} must be a list of {'integers' if item is int else 'numbers'}, "
-                             f"got {value!r}")
-        return tuple(item(v) for v in value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ValueError(f"config: {key} must be of type {hint.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-# --- data ------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class FixationSet:
-    """Cached features and fixations of a set of images.
-
-    Attributes:
-      features: per image ``(h, w, C)`` backbone features (:meth:`DeepGaze.features`).
-      shapes: per image ``(H, W)``.
-      xs, ys: per image fixation coordinates, pixels.
-      max_fixations: padded length of the fixation arrays.
-      flipped: per image the features of the horizontally mirrored image (for ``TrainConfig.flip``),
-        or None.
-      sources: per image the index of the dataset it comes from (None: all from source 0); each
-        source has its own center bias in training and evaluation, and images of different
-        sources never share a batch.
-    """
-
-    features: list[np.ndarray]
-    shapes: list[tuple[int, int]]
-    xs: list[np.ndarray]
-    ys: list[np.ndarray]
-    max_fixations: int
-    flipped: list[np.ndarray] | None = None
-    sources: list[int] | None = None
-
-    def __post_init__(self):
-        counts = {len(self.features), len(self.shapes), len(self.xs), len(self.ys)}
-        if self.sources is not None:
-            counts.add(len(self.sources))
-        if len(counts) != 1:
-            raise ValueError(f"features, shapes, xs, ys (and sources) differ in length: {sorted(counts)}")
-        if self.sources is not None and min(self.sources, default=0) < 0:
-            raise ValueError(f"sources must be >= 0, got {min(self.sources)}")
-        channels = {f.shape[-1] for f in self.features}
-        if len(channels) > 1:
-            raise ValueError(f"the images' features differ in channels: {sorted(channels)}")
-        if self.flipped is not None:
-            if len(self.flipped) != len(self.features):
-                raise ValueError(f"{len(self.flipped)} flipped features for {len(self.features)} images")
-            for i, (f, g) in enumerate(zip(self.features, self.flipped)):
-                if f.shape != g.shape:
-                    raise ValueError(f"image {i}: flipped features {g.shape} differ from features {f.shape}")
-        for i, (x, y, (h, w)) in enumerate(zip(self.xs, self.ys, self.shapes)):
-            if x.shape != y.shape:
-                raise ValueError(f"image {i}: xs {x.shape} and ys {y.shape} differ")
-            if len(x) > self.max_fixations:
-                raise ValueError(f"image {i}: {len(x)} fixations exceed max_fixations={self.max_fixations}")
-            if len(x) and (x.min() < 0 or y.min() < 0 or x.max() >= w or y.max() >= h):
-                raise ValueError(f"image {i}: fixations outside the {h}x{w} image")
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    @property
-    def fixation_count(self) -> int:
-        return int(sum(len(x) for x in self.xs))
-
-    def source(self, i: int) -> int:
-        """The source (dataset index) of image ``i``."""
-        return 0 if self.sources is None else int(self.sources[i])
-
-    @property
-    def source_count(self) -> int:
-        return 1 if self.sources is None else max(self.sources, default=0) + 1
-
-    @classmethod
-    def join(cls, parts: Sequence[FixationSet]) -> FixationSet:
-        """The images of several fixation sets in one, part ``k``'s images from source ``k``."""
-        if any(p.sources is not None and p.source_count > 1 for p in parts):
-            raise ValueError("join takes single-source fixation sets")
-        if len({p.flipped is None for p in parts}) > 1:
-            raise ValueError("join: either every part carries flipped features or none does")
-        cat = lambda name: [item for p in parts for item in getattr(p, name)]  # noqa: E731
-        return cls(cat("features"), cat("shapes"), cat("xs"), cat("ys"), max(p.max_fixations for p in parts),
-                   None if parts[0].flipped is None else cat("flipped"),
-                   [k for k, p in enumerate(parts) for _ in range(len(p))])
-
-    @classmethod
-    def from_dataset(cls, dataset, features: Sequence[np.ndarray], max_fixations: int | None = None,
-                     flipped: Sequence[np.ndarray] | None = None) -> FixationSet:
-        """From a :class:`deepgaze_jax.data.FixationDataset` and its cached features (same order; those of
-        the mirrored images too, for flip augmentation); each image's fixations in the order of the
-        dataset's fixation table."""
-        from deepgaze_jax.data import rows_by_image
-
-        rows = rows_by_image(dataset)
-        f = dataset.fixations
-        longest = max(len(r) for r in rows)
-        return cls(list(features), [tuple(int(v) for v in s) for s in dataset.sizes],
-                   [f.x[r] for r in rows], [f.y[r] for r in rows], max_fixations or longest,
-                   None if flipped is None else list(flipped))
-
-    def subset(self, indices: Sequence[int]) -> FixationSet:
-        pick = lambda items: None if items is None else [items[i] for i in indices]  # noqa: E731
-        return FixationSet(pick(self.features), pick(self.shapes), pick(self.xs), pick(self.ys), self.max_fixations,
-                           pick(self.flipped), pick(self.sources))
-
-
-def loss_weights(data: FixationSet, weighting: str = "image", source_weights: Sequence[float] = ()) -> np.ndarray:
-    """``(len(data),)`` loss weight of each image (see :class:`TrainConfig`), mean 1 over the images.
-
-    ``"image"`` with a single source gives all ones (the per-image average of the log-likelihoods).
-    """
-    sources = np.array([data.source(i) for i in range(len(data))], np.int64)
-    if weighting == "image":
-        w = np.ones(len(data))
-    elif weighting == "fixation":
-        w = np.array([len(x) for x in data.xs], np.float64)
-    elif weighting == "dataset":
-        w = 1.0 / np.bincount(sources)[sources]
-    else:
-        raise ValueError(f"weighting must be 'image', 'fixation' or 'dataset', got {weighting!r}")
-    if len(source_weights):
-        if len(source_weights) < data.source_count:
-            raise ValueError(f"source_weights names {len(source_weights)} sources, the data has {data.source_count}")
-        w = w * np.asarray(source_weights, np.float64)[sources]
-    if w.sum() <= 0:
-        raise ValueError("every training image has loss weight 0")
-    return (w * len(w) / w.sum()).astype(np.float32)
-
-
-@dataclasses.dataclass
-class Batch:
-    features: np.ndarray  # (B, h, w, C)
-    shape: tuple[int, int]  # (H, W)
-    xs: np.ndarray  # (B, N)
-    ys: np.ndarray  # (B, N)
-    mask: np.ndarray  # (B, N) bool
-    weight: np.ndarray  # (B,) 1 for real images, 0 for padding
-    indices: np.ndarray  # (B,) image indices, -1 for padding
-    flipped: bool = False  # mirrored images: their features, fixations at (W - 1 - int(x), y)
-    source: int = 0  # the dataset all the batch's images come from
-    loss_weight: np.ndarray | None = None  # (B,) each image's weight in the loss (0 for padding); None: weight
-
-
-def batches(data: FixationSet, batch_size: int, seed: int | None, epoch: int = 0,
-            stream: int = 0, flip: bool = False, weights: np.ndarray | None = None) -> collections.abc.Sequence[Batch]:
-    """Batches grouped by source, image size and feature shape, padded to ``batch_size`` with weight-0 images.
-
-    With a ``seed`` the order is shuffled deterministically from ``(seed, epoch)`` (and ``stream``, when
-    not 0: another sequence of orders); with ``None`` it is the sorted order. Every image appears
-    exactly once per epoch. ``flip`` (with a seed) mirrors each batch with probability 1/2, drawn
-    after the order (which is the same with and without it). ``weights``: per image loss weights
-    (:func:`loss_weights`) for ``Batch.loss_weight``.
-    """
-    groups: dict[tuple, list[int]] = {}
-    for i in range(len(data)):
-        groups.setdefault((data.source(i), data.shapes[i], data.features[i].shape), []).append(i)
-    rng = np.random.default_rng([seed, epoch] + ([stream] if stream else [])) if seed is not None else None
-    chunks = []
-    for key in sorted(groups):
-        indices = np.array(groups[key])
-        if rng is not None:
-            indices = rng.permutation(indices)
-        chunks += [indices[s : s + batch_size] for s in range(0, len(indices), batch_size)]
-    if rng is not None:
-        chunks = [chunks[i] for i in rng.permutation(len(chunks))]
-    flips = [False] * len(chunks)
-    if flip and rng is not None:
-        if data.flipped is None:
-            raise ValueError("flip augmentation needs the features of the mirrored images (FixationSet.flipped)")
-        flips = list(rng.random(len(chunks)) < 0.5)
-    return _LazyBatches(data, chunks, batch_size, flips, weights)
-
-
-class _LazyBatches(collections.abc.Sequence):
-    """The batches of an epoch, each stacked only when read (an epoch of VGG features is gigabytes)."""
-
-    def __init__(self, data: FixationSet, chunks: list[np.ndarray], batch_size: int, flips: list[bool],
-                 weights: np.ndarray | None):
-        self._data, self._chunks, self._batch_size, self._flips = data, chunks, batch_size, flips
-        self._weights = weights
-
-    def __len__(self) -> int:
-        return len(self._chunks)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        return _make_batch(self._data, self._chunks[index], self._batch_size, self._flips[index], self._weights)
-
-
-def _make_batch(data: FixationSet, chunk: np.ndarray, batch_size: int, flipped: bool = False,
-                weights: np.ndarray | None = None) -> Batch:
-    n = data.max_fixations
-    pad = batch_size - len(chunk)
-    padded = np.concatenate([chunk, np.full(pad, chunk[0])])
-    xs = np.zeros((batch_size, n), np.float32)
-    ys = np.zeros((batch_size, n), np.float32)
-    mask = np.zeros((batch_size, n), bool)
-    for row, i in enumerate(chunk):
-        k = len(data.xs[i])
-        xs[row, :k], ys[row, :k], mask[row, :k] = data.xs[i], data.ys[i], True
-    if flipped:  # pixel column j -> W - 1 - j (the model reads the pixel int(x))
-        xs = np.where(mask, data.shapes[chunk[0]][1] - 1 - np.floor(xs), 0).astype(np.float32)
-    real = np.concatenate([np.ones(len(chunk), np.float32), np.zeros(pad, np.float32)])
-    return Batch(
-        features=np.stack([(data.flipped if flipped else data.features)[i] for i in padded]),
-        shape=data.shapes[chunk[0]],
-        xs=xs,
-        ys=ys,
-        mask=mask,
-        weight=real,
-        indices=np.concatenate([chunk, np.full(pad, -1)]).astype(np.int64),
-        flipped=flipped,
-        source=data.source(chunk[0]),
-        loss_weight=None if weights is None else np.concatenate(
-            [np.asarray(weights, np.float32)[chunk], np.zeros(pad, np.float32)]),
-    )
-
-
-CenterBiases = Callable[[tuple[int, int]], np.ndarray] | Sequence[Callable[[tuple[int, int]], np.ndarray]]
-"""A center bias ``(H, W) -> (H, W)`` log density (nats) for an image size, or one such per source."""
-
-
-def centerbias_of(centerbias: CenterBiases, batch: Batch) -> np.ndarray:
-    """The ``(H, W)`` center bias log density of a batch's images (its source's, where there are several)."""
-    if callable(centerbias):
-        if batch.source != 0:
-            raise ValueError(f"a batch of source {batch.source}, but one center bias for a single source")
-        return centerbias(batch.shape)
-    if batch.source >= len(centerbias):
-        raise ValueError(f"a batch of source {batch.source}, but center biases for {len(centerbias)} sources")
-    return centerbias[batch.source](batch.shape)
-
+from deepgaze_jax.config import TrainConfig
+from deepgaze_jax.input_pipeline import Batch, CenterBiases, FixationSet, batches, centerbias_of, loss_weights
 
 # --- the step --------------------------------------------------------------------------------
-
-
-def fixation_bits(model: model_lib.DeepGaze, head: dict, features: jax.Array, centerbias: jax.Array,
-                  xs: jax.Array, ys: jax.Array) -> jax.Array:
-    """``(B, N)`` log-likelihood of each fixation, bits relative to uniform.
-
-    ``centerbias`` is one ``(H, W)`` log density shared by the batch (all images have that size).
-    """
-    height, width = centerbias.shape
-    cb = jnp.broadcast_to(centerbias, (features.shape[0], height, width))
-    return bits_relative_to_uniform(model.log_density_at(head, features, cb, xs, ys), height, width)
-
-
-def per_image_log_likelihood(model: model_lib.DeepGaze, head: dict, features: jax.Array, centerbias: jax.Array,
-                             xs: jax.Array, ys: jax.Array, mask: jax.Array) -> jax.Array:
-    """``(B,)`` mean log-likelihood of each image's fixations, bits/fixation relative to uniform."""
-    bits = jnp.where(mask, fixation_bits(model, head, features, centerbias, xs, ys), 0.0)
-    return bits.sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1)
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -448,7 +69,8 @@ class Evaluator:
         self.mesh = jax.sharding.Mesh(np.array(devices), ("data",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
-        self.fixation_step = jax.jit(functools.partial(fixation_bits, model), out_shardings=self.replicated)
+        self.fixation_step = jax.jit(functools.partial(likelihood.fixation_bits, model),
+                                    out_shardings=self.replicated)
 
     def put_batch(self, batch: Batch, centerbias: np.ndarray) -> tuple:
         """Device arrays for a batch: the batch axis sharded over the mesh.
@@ -480,8 +102,7 @@ class Evaluator:
     def evaluate(self, head: dict, data: FixationSet, centerbias: CenterBiases,
                  batch_size: int) -> np.ndarray:
         """``(len(data),)`` per-image log-likelihoods, bits/fixation relative to uniform (0 without fixations)."""
-        bits = self.fixation_log_likelihoods(head, data, centerbias, batch_size)
-        return np.array([b.mean() if len(b) else 0.0 for b in bits])
+        return likelihood.image_means(self.fixation_log_likelihoods(head, data, centerbias, batch_size))
 
 
 class Trainer(Evaluator):
@@ -507,7 +128,7 @@ class Trainer(Evaluator):
 
     def _loss(self, head, features, centerbias, xs, ys, mask, weight, loss_weight):
         # Normalised by the count of real images, so that loss weights keep their relative size across batches.
-        ll = per_image_log_likelihood(self.model, head, features, centerbias, xs, ys, mask)
+        ll = likelihood.per_image_log_likelihood(self.model, head, features, centerbias, xs, ys, mask)
         return -(ll * loss_weight).sum() / jnp.maximum(weight.sum(), 1.0)
 
     def _drop(self, features: jax.Array, step: jax.Array) -> jax.Array:
@@ -561,11 +182,6 @@ def fingerprint(config: TrainConfig, *parts: FixationSet) -> int:
     return crc
 
 
-def fixation_weighted(per_image: np.ndarray, data: FixationSet) -> float:
-    counts = np.array([len(x) for x in data.xs])
-    return float((per_image * counts).sum() / counts.sum())
-
-
 # --- the loop --------------------------------------------------------------------------------
 
 
@@ -586,6 +202,7 @@ def fit(
     progress: bool = True,
     stop_after_epochs: int | None = None,
     init_head: dict | None = None,
+    model: model_lib.DeepGaze | None = None,
 ) -> types.SimpleNamespace:
     """Train a head by maximum likelihood with early stopping on the validation log-likelihood.
 
@@ -595,7 +212,7 @@ def fit(
 
     Args:
       config: hyper-parameters.
-      train, val: cached features and fixations (see :func:`cache_features`).
+      train, val: cached features and fixations (:class:`~deepgaze_jax.input_pipeline.FixationSet`).
       centerbias: ``(H, W) -> (H, W)`` center-bias log density (nats) for an image size, or a sequence
         of them, one per source of ``train`` and ``val`` (:attr:`FixationSet.sources`).
       workdir: checkpoint folder; an existing one is resumed (its config must match).
@@ -603,6 +220,9 @@ def fit(
       stop_after_epochs: end this call after that many epochs (to simulate an interruption).
       init_head: start from these head params (e.g. pre-trained on another dataset) instead of the
         seed's initialisation; the seed still sets the data order.
+      model: the model description to train instead of ``config.build_model()``, e.g. a variant of
+        ``config.model`` that reads more backbone layers (``registry.build(name, layers=...)``); it
+        must keep the config's backbone dtype. Not saved with the checkpoints: resume with the same.
 
     Raises:
       FloatingPointError: the training loss or the validation log-likelihood turned non-finite (the
@@ -619,7 +239,11 @@ def fit(
         raise ValueError("the validation split has no fixations")
     if config.flip and train.flipped is None:
         raise ValueError("config.flip needs the features of the mirrored training images (FixationSet.flipped)")
-    model = config.build_model()
+    if model is None:
+        model = config.build_model()
+    elif model.dtype != config.feature_dtype:
+        raise ValueError(f"the model's dtype {model.dtype} differs from the config's feature_dtype "
+                         f"{config.feature_dtype}")
     expected = train.features[0].shape[-1]
     if expected != model.feature_channels:
         raise ValueError(f"cached features have {expected} channels, {config.model} needs {model.feature_channels}")
@@ -700,7 +324,7 @@ def fit(
                 f"turned non-finite in epoch {epoch + 1}; lower the learning rate (the last finite epoch's "
                 "checkpoint is kept, no heads are written)")
         record = {"epoch": epoch + 1, "train_ll": -train_loss, "val_ll": val_image,
-                  "val_ll_fixation": fixation_weighted(val_ll, val)}
+                  "val_ll_fixation": likelihood.average(val_ll, [len(x) for x in val.xs], "fixation")}
         meta["history"].append(record)
         meta["epoch"] = epoch + 1
         if meta["epoch"] == 1 and readout_is_dead(model, jax.device_get(state["params"]), probe):

@@ -23,11 +23,12 @@ import jax
 
 from deepgaze_jax import crossval
 from deepgaze_jax import data as data_lib
-from deepgaze_jax import train as T
 from deepgaze_jax.baselines import GoldStandard
+from deepgaze_jax.input_pipeline import FixationSet
 from deepgaze_jax.params_io import load_params
 from deepgaze_jax.predict import model_from_json
 from deepgaze_jax.pretrained import load_backbone
+from deepgaze_jax.train import Evaluator
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -57,16 +58,14 @@ def main() -> int:
 
     gold_nats = GoldStandard.fit(dataset).log_likelihoods(dataset)
     rows = data_lib.rows_by_image(dataset)
-    fixations = T.FixationSet.from_dataset(dataset, features)
-    evaluator = T.Evaluator(model)
+    fixations = FixationSet.from_dataset(dataset, features)
+    evaluator = Evaluator(model)
     model_bits, cb_bits, gold_bits = [], [], []
     for fold in folds:
         test = data_lib.crossval_splits(len(dataset), fold)["test"]
         cb = crossval.centerbias_function(center_biases[fold])
-        part = fixations.subset(test)
-        model_bits += crossval.ensemble_bits([evaluator.fixation_log_likelihoods(m, part, cb, 8) for m in members])
-        cb_bits += [crossval.bits_at(cb(part.shapes[j]), part.xs[j], part.ys[j]) for j in range(len(part))]
-        gold_bits += [gold_nats[rows[i]] / crossval.LN2 for i in test]
+        bits = crossval.fold_bits(evaluator, members, fixations, test, cb, gold_nats, rows, 8)
+        model_bits, cb_bits, gold_bits = model_bits + bits[0], cb_bits + bits[1], gold_bits + bits[2]
     summary = {
         "name": name, "heads": str(args.heads), "trained_on": meta.get("trained_on", ""),
         "members": len(members), "dataset": source.describe(dataset),

@@ -17,15 +17,15 @@ import pathlib
 import shlex
 import sys
 
-from deepgaze_jax import crossval
-from deepgaze_jax.train import TrainConfig
+from deepgaze_jax import crossval, registry
+from deepgaze_jax.config import TrainConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="deepgaze1")
+    parser.add_argument("--model", default="deepgaze1", choices=registry.TRAINABLE)
     parser.add_argument("--data", type=pathlib.Path, default=REPO.parent / "shared" / "data" / "MIT1003")
     parser.add_argument("--folds", default="0-9")
     parser.add_argument("--ship", action="store_true", help="write deepgaze_jax/assets/<model>.safetensors")

@@ -22,12 +22,11 @@ import json
 import pathlib
 import sys
 
-from deepgaze_jax import crossval, provenance
+from deepgaze_jax import crossval, provenance, registry
 from deepgaze_jax.baselines import CenterBias
 from deepgaze_jax.params_io import load_params
 from deepgaze_jax.pretrained import load_backbone
 from deepgaze_jax.predict import model_from_json, save_predictor_heads, widen_heads
-from deepgaze_jax.train import MODELS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -37,7 +36,7 @@ def main() -> int:
     parser.add_argument("files", nargs="+", type=pathlib.Path, help="predictor files of cross-validation runs")
     parser.add_argument("--name", required=True, help="stem of the result files")
     parser.add_argument("--model", required=True,
-                        help="the model (deepgaze_jax.train.MODELS) whose feature cache is read; every file's model must be "
+                        help="the model (deepgaze_jax.registry.MODELS) whose feature cache is read; every file's model must be "
                              "it or it with trailing layers dropped")
     parser.add_argument("--out", type=pathlib.Path, help="write the mixed predictor file here")
     parser.add_argument("--take", type=int, help="only the first TAKE seeds of each fold of each file (comparisons "
@@ -52,7 +51,7 @@ def main() -> int:
     commit = provenance.git_commit()  # the code this run started from
     loaded = [(path, *load_params(path)) for path in args.files]
     models = [model_from_json(meta["model_config"]) for _, _, meta in loaded]
-    wide = dataclasses.replace(MODELS[args.model](), dtype=models[0].dtype)
+    wide = registry.build(args.model, dtype=models[0].dtype)
     for (path, _, meta), model in zip(loaded, models):
         if (model.backbone != wide.backbone or wide.layers[: len(model.layers)] != model.layers
                 or dataclasses.replace(model, layers=wide.layers) != wide):

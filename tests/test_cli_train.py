@@ -102,8 +102,35 @@ def test_evaluate_on_a_users_csv_dataset(predictor_file, tmp_path, capsys, sim_m
 
 
 def test_every_trainable_model_is_offered_and_has_a_paper_figure():
-    from deepgaze_jax import crossval, train
-    assert sorted(cli.TRAINABLE) == sorted(train.MODELS) == sorted(crossval.PAPER)
+    from deepgaze_jax import registry
+    from deepgaze_jax.config import TrainConfig
+    from deepgaze_jax.predict import ASSETS
+
+    assert sorted(cli.TRAINABLE) == sorted(registry.MODELS) == sorted(registry.TRAINABLE)
+    for name in registry.MODELS:
+        assert cli.build_parser().parse_args(["train", "--data", ".", "--model", name]).model == name
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--data", ".", "--model", "deepgaze9"])
+    for name, entry in registry.MODELS.items():
+        assert entry.paper and "%" in entry.paper, name
+        assert TrainConfig(model=name).build_model() == registry.build(name, dtype="float32"), name
+    with pytest.raises(ValueError, match="model must be one of"):
+        TrainConfig(model="deepgaze9")
+    assert cli.MODELS == registry.SHIPPED == ("deepgaze1", "deepgaze2_vgg16")
+    for name in registry.SHIPPED:
+        assert (ASSETS / registry.MODELS[name].asset).is_file(), name
+
+
+def test_the_registry_is_a_cheap_import():
+    import pathlib
+    import subprocess
+    import sys
+
+    heavy = "{m.split('.')[0] for m in sys.modules} & {'jax', 'flax', 'optax', 'tensorflow'}"
+    code = f"import sys, deepgaze_jax.registry, deepgaze_jax.config; print(sorted({heavy}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=pathlib.Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "[]"
 
 
 def test_fold_heads_reads_members_fold_after_fold():

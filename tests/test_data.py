@@ -1,4 +1,4 @@
-"""Data: readers, bad input, TFDS builders (dummy and real MIT1003), CV splits, batch pipeline."""
+"""Data: readers, bad input, TFDS builders (dummy and real MIT1003), CV splits, the training batches of a dataset."""
 
 import logging
 import sys
@@ -8,6 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from deepgaze_jax import data
+from deepgaze_jax import input_pipeline as P
 from deepgaze_jax.data import builders
 from tests import fake_data
 
@@ -125,7 +126,7 @@ def test_outside_fixations_are_counted_or_rejected(tmp_path):
     unfiltered = data.from_raw(raw, filter_conventional=False)
     assert unfiltered.filter_report is None and len(unfiltered.fixations) == fake_data.N_RAW
     with pytest.raises(ValueError, match=r"fixations lie outside their image"):
-        data.Batches(unfiltered, 2)
+        P.FixationSet.from_dataset(unfiltered, _no_features(unfiltered))
 
 
 # ---------------------------------------------------------------------------------------- TFDS builders
@@ -199,33 +200,57 @@ def test_crossval_splits_convention(n):
 # -------------------------------------------------------------------------------------------- pipeline
 
 
-def _epoch_rows(batches):
-    rows = []
+def _no_features(dataset, value=None):
+    """Stand-in backbone features, one (1, 1, 1) map per image (its index where ``value`` is "index")."""
+    return [np.full((1, 1, 1), i if value == "index" else 0, np.float32) for i in range(len(dataset))]
+
+
+def _epoch_images(batches):
+    """The real images of an epoch's batches, in order, after the checks every batch must pass."""
+    images = []
     for b in batches:
-        assert b["image"].dtype == np.uint8 and b["xs"].dtype == np.float32 and b["mask"].dtype == bool
-        B, N = b["xs"].shape
-        assert b["image"].shape[0] == B == b["image_index"].shape[0] and b["ys"].shape == (B, N)
-        assert (b["image_index"] >= 0).any()
-        assert not b["mask"][b["image_index"] < 0].any()
-        rows.append(b["fixation_row"][b["mask"]])
-    return np.concatenate(rows)
+        assert b.features.dtype == np.float32 and b.xs.dtype == np.float32 and b.mask.dtype == bool
+        B, N = b.xs.shape
+        assert b.features.shape[0] == B == b.indices.shape[0] and b.ys.shape == (B, N)
+        assert (b.indices >= 0).any()
+        assert not b.mask[b.indices < 0].any()
+        images.append(b.indices[b.indices >= 0])
+    return np.concatenate(images)
 
 
-def test_batches_every_fixation_once_with_chunking_and_determinism(tmp_path):
+def _epoch_rows(batches, rows):
+    """The fixation-table rows of an epoch's batches (``rows``: per image its rows), each entry checked
+    to hold all of its image's fixations."""
+    out = []
+    for b in batches:
+        for k in np.flatnonzero(b.indices >= 0):
+            r = rows[b.indices[k]]
+            assert b.mask[k].sum() == len(r)
+            out.append(r)
+    return np.concatenate(out)
+
+
+def test_batches_every_fixation_once_and_determinism(tmp_path):
     ds = data.from_raw(data.read_fixatons(fake_data.make_fixatons(tmp_path)))
-    bt = data.Batches(ds, 2, seed=3, max_fixations=2)  # image a has 4 fixations: two entries
-    rows = _epoch_rows(bt)
-    np.testing.assert_array_equal(np.sort(rows), np.arange(len(ds.fixations)))
+    fixations = P.FixationSet.from_dataset(ds, _no_features(ds, "index"))
+    bt = P.batches(fixations, 2, seed=3)
+    images = _epoch_images(bt)
+    rows = data.rows_by_image(ds)
+    np.testing.assert_array_equal(np.sort(_epoch_rows(bt, rows)), np.arange(len(ds.fixations)))
     for b in bt:
-        for k in np.flatnonzero(b["image_index"] >= 0):
-            i, m = b["image_index"][k], b["mask"][k]
-            r = b["fixation_row"][k][m]
+        for k in np.flatnonzero(b.indices >= 0):
+            i, m = b.indices[k], b.mask[k]
+            r = rows[i]
             assert (ds.fixations.image_index[r] == i).all()
-            np.testing.assert_array_equal(b["xs"][k][m], ds.fixations.x[r])
-            np.testing.assert_array_equal(b["image"][k], ds.images[i])
-            assert b["image"].shape[1:3] == tuple(ds.sizes[i])
-    again = _epoch_rows(data.Batches(ds, 2, seed=3, max_fixations=2, prefetch=0))
-    np.testing.assert_array_equal(rows, again)
+            np.testing.assert_array_equal(b.xs[k][m], ds.fixations.x[r])
+            np.testing.assert_array_equal(b.ys[k][m], ds.fixations.y[r])
+            np.testing.assert_array_equal(b.features[k], np.full((1, 1, 1), i))
+            assert b.shape == tuple(ds.sizes[i])
+    again = _epoch_images(P.batches(fixations, 2, seed=3))
+    np.testing.assert_array_equal(images, again)
+    # an image with more fixations than a batch entry holds is refused, never cut short
+    with pytest.raises(ValueError, match=r"image 0: \d+ fixations exceed max_fixations=2"):
+        P.FixationSet.from_dataset(ds, _no_features(ds), max_fixations=2)
 
 
 def test_crossval_subset_keeps_fixations(tmp_path):
@@ -271,13 +296,11 @@ def test_mit1003_tfds_onesize(mit1003_dir, tmp_path):
     ds = data.load_mit1003(mit1003_dir, "onesize", data_dir=tmp_path)
     assert len(ds) == 463 and len(ds.fixations) == 48_771
     assert (ds.sizes == [768, 1024]).all()
-    # every fixation exactly once per epoch, batches of one static shape
-    shapes = set()
-    rows = []
-    for b in data.Batches(ds, 4, seed=0, epoch=1):
-        shapes.add((b["image"].shape, b["xs"].shape))
-        rows.append(b["fixation_row"][b["mask"]])
-    np.testing.assert_array_equal(np.sort(np.concatenate(rows)), np.arange(48_771))
+    # every fixation exactly once per epoch, batches of one static shape (160 fixations padded)
+    fixations = P.FixationSet.from_dataset(ds, _no_features(ds), max_fixations=160)
+    bt = P.batches(fixations, 4, seed=0, epoch=1)
+    shapes = {((len(b.indices), *b.shape, 3), b.xs.shape) for b in bt}
+    np.testing.assert_array_equal(np.sort(_epoch_rows(bt, data.rows_by_image(ds))), np.arange(48_771))
     assert shapes == {((4, 768, 1024, 3), (4, 160))}
 
 
@@ -286,7 +309,7 @@ def test_mit1003_tfds_twosize(mit1003_dir, tmp_path):
     assert len(ds) == 1003 and len(ds.fixations) == 104_170
     assert {tuple(s) for s in ds.sizes} == {(768, 1024), (1024, 768)}
     assert ds.images[0].shape == (*ds.sizes[0], 3)
-    data.pipeline.check_inside(ds)  # scaled fixations stay inside the resized images
+    data.check_inside(ds)  # scaled fixations stay inside the resized images
 
 
 def test_no_tensorflow_imported():
@@ -296,9 +319,9 @@ def test_no_tensorflow_imported():
 def test_mit1003_batches_cover_train_split_once(mit1003_tfds):
     ds = mit1003_tfds
     split = data.crossval_splits(len(ds), fold=3)
-    bt = data.Batches(ds, 4, seed=1, image_indices=split["train"], prefetch=4)
-    # the plan only: decoding every image is covered by the onesize test
-    rows = np.concatenate([np.concatenate([r for i, r in b if i >= 0]) for b in bt.batches])
+    bt = P.batches(P.FixationSet.from_dataset(ds, _no_features(ds)).subset(split["train"]), 4, seed=1)
+    rows = data.rows_by_image(ds)
+    rows = _epoch_rows(bt, [rows[i] for i in split["train"]])  # batch indices count within the split
     expected = np.flatnonzero(np.isin(ds.fixations.image_index, split["train"]))
     np.testing.assert_array_equal(np.sort(rows), expected)
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from deepgaze_jax import feature_cache
+from deepgaze_jax import input_pipeline as P
 from deepgaze_jax import train as T
+from deepgaze_jax.config import TrainConfig
 from deepgaze_jax.model import deepgaze1, init_backbone
 from tests.test_train import CONFIG, centerbias, synthetic
 
@@ -23,7 +25,7 @@ def parts():
     for seed in (0, 1):
         images, xs, ys = synthetic(n=8, seed=seed)
         features = feature_cache.compute_features(model, backbone, images, progress=False)
-        out.append(T.FixationSet(features, [im.shape[:2] for im in images], xs, ys, max_fixations=16))
+        out.append(P.FixationSet(features, [im.shape[:2] for im in images], xs, ys, max_fixations=16))
     return out
 
 
@@ -32,11 +34,11 @@ def flat_centerbias(shape):
 
 
 def test_join_numbers_sources_and_batches_never_mix_them(parts):
-    joint = T.FixationSet.join(parts)
+    joint = P.FixationSet.join(parts)
     assert len(joint) == 16 and joint.source_count == 2
     assert [joint.source(i) for i in range(16)] == [0] * 8 + [1] * 8
     seen = []
-    for batch in T.batches(joint, 3, seed=5):
+    for batch in P.batches(joint, 3, seed=5):
         real = batch.indices[batch.weight > 0]
         assert {joint.source(i) for i in real} == {batch.source}
         seen += list(real)
@@ -46,7 +48,7 @@ def test_join_numbers_sources_and_batches_never_mix_them(parts):
 
 
 def test_each_source_gets_its_own_center_bias(parts):
-    joint = T.FixationSet.join(parts)
+    joint = P.FixationSet.join(parts)
     model = deepgaze1()
     head = model.init_head(jax.random.PRNGKey(1))
     evaluator = T.Evaluator(model)
@@ -62,25 +64,25 @@ def test_each_source_gets_its_own_center_bias(parts):
 
 def test_loss_weights_by_image_fixation_and_dataset():
     xs = [np.zeros(k, np.float32) for k in (1, 3, 2, 2)]
-    data = T.FixationSet([np.zeros((2, 2, 1))] * 4, [(4, 4)] * 4, xs, xs, 4, sources=[0, 0, 0, 1])
-    np.testing.assert_allclose(T.loss_weights(data, "image"), [1, 1, 1, 1])
-    np.testing.assert_allclose(T.loss_weights(data, "fixation"), np.array([1, 3, 2, 2]) * 4 / 8)
+    data = P.FixationSet([np.zeros((2, 2, 1))] * 4, [(4, 4)] * 4, xs, xs, 4, sources=[0, 0, 0, 1])
+    np.testing.assert_allclose(P.loss_weights(data, "image"), [1, 1, 1, 1])
+    np.testing.assert_allclose(P.loss_weights(data, "fixation"), np.array([1, 3, 2, 2]) * 4 / 8)
     # each dataset the same total: 3 images share one half, the fourth has the other half
-    np.testing.assert_allclose(T.loss_weights(data, "dataset"), [2 / 3, 2 / 3, 2 / 3, 2])
-    np.testing.assert_allclose(T.loss_weights(data, "image", (1.0, 0.5)), np.array([1, 1, 1, 0.5]) * 4 / 3.5)
+    np.testing.assert_allclose(P.loss_weights(data, "dataset"), [2 / 3, 2 / 3, 2 / 3, 2])
+    np.testing.assert_allclose(P.loss_weights(data, "image", (1.0, 0.5)), np.array([1, 1, 1, 0.5]) * 4 / 3.5)
     with pytest.raises(ValueError, match="names 1 sources, the data has 2"):
-        T.loss_weights(data, "image", (1.0,))
+        P.loss_weights(data, "image", (1.0,))
 
 
 def test_weighted_loss_is_the_weighted_mean_of_image_log_likelihoods(parts):
-    joint = T.FixationSet.join(parts)
+    joint = P.FixationSet.join(parts)
     model = deepgaze1()
     head = model.init_head(jax.random.PRNGKey(2))
-    weights = T.loss_weights(joint, "dataset", (1.0, 0.25))
+    weights = P.loss_weights(joint, "dataset", (1.0, 0.25))
     trainer = T.Trainer(model, T.make_optimizer(CONFIG, 1))
     per_image = T.Evaluator(model).evaluate(head, joint, [centerbias, flat_centerbias], 4)
-    batch = T.batches(joint, 4, seed=1, weights=weights)[0]
-    cb = T.centerbias_of([centerbias, flat_centerbias], batch)
+    batch = P.batches(joint, 4, seed=1, weights=weights)[0]
+    cb = P.centerbias_of([centerbias, flat_centerbias], batch)
     loss = float(trainer._loss(head, *trainer.put_batch(batch, cb)))
     real = batch.indices[batch.weight > 0]
     expected = -(per_image[real] * weights[real]).sum() / len(real)
@@ -90,7 +92,7 @@ def test_weighted_loss_is_the_weighted_mean_of_image_log_likelihoods(parts):
 
 def test_joint_fit_with_weights_is_recorded_and_resumes(parts, tmp_path):
     config = dataclasses.replace(CONFIG, weighting="dataset", source_weights=(1.0, 0.5))
-    train = T.FixationSet.join([parts[0].subset(range(6)), parts[1]])
+    train = P.FixationSet.join([parts[0].subset(range(6)), parts[1]])
     val = parts[0].subset(range(6, 8))
     cbs = [centerbias, flat_centerbias]
     straight = T.fit(config, train, val, cbs, workdir=tmp_path / "a", progress=False)
@@ -138,15 +140,15 @@ def test_a_loss_that_turns_non_finite_stops_the_run(parts, tmp_path):
 ])
 def test_config_rejects_bad_values(values, message):
     with pytest.raises(ValueError, match=message):
-        T.TrainConfig.from_dict(values)
+        TrainConfig.from_dict(values)
 
 
 def test_config_from_json_rejects_nan_and_non_objects():
     with pytest.raises(ValueError, match="learning_rate must be finite"):
-        T.TrainConfig.from_json('{"learning_rate": NaN}')
+        TrainConfig.from_json('{"learning_rate": NaN}')
     with pytest.raises(ValueError, match="expected a JSON object"):
-        T.TrainConfig.from_json("[1, 2]")
-    assert T.TrainConfig.from_json('{"source_weights": [1, 2]}').source_weights == (1.0, 2.0)
+        TrainConfig.from_json("[1, 2]")
+    assert TrainConfig.from_json('{"source_weights": [1, 2]}').source_weights == (1.0, 2.0)
 
 
 class _Images:

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from deepgaze_jax import feature_cache, likelihood
+from deepgaze_jax import input_pipeline as P
 from deepgaze_jax import train as T
+from deepgaze_jax.config import TrainConfig
 from deepgaze_jax.model import deepgaze1, init_backbone
 
 SHAPE = (64, 80)
@@ -50,18 +52,18 @@ def data():
     backbone = init_backbone(jax.random.PRNGKey(0), "alexnet")
     images, xs, ys = synthetic()
     features = feature_cache.compute_features(model, backbone, images, progress=False)
-    fixations = T.FixationSet(features, [im.shape[:2] for im in images], xs, ys, max_fixations=16)
+    fixations = P.FixationSet(features, [im.shape[:2] for im in images], xs, ys, max_fixations=16)
     return model, backbone, images, fixations
 
 
-CONFIG = T.TrainConfig(max_epochs=4, batch_size=2, decay_epochs=(2,), learning_rate=0.01)
+CONFIG = TrainConfig(max_epochs=4, batch_size=2, decay_epochs=(2,), learning_rate=0.01)
 
 
 def test_cached_and_uncached_steps_agree(data):
     model, backbone, images, fixations = data
     trainer = T.Trainer(model, T.make_optimizer(CONFIG, 3))
     head = model.init_head(jax.random.PRNGKey(1))
-    batch = T.batches(fixations, 2, seed=0)[0]
+    batch = P.batches(fixations, 2, seed=0)[0]
     args = trainer.put_batch(batch, centerbias(batch.shape))
     cached_loss, cached_grads = jax.value_and_grad(trainer._loss)(head, *args)
 
@@ -82,9 +84,9 @@ def test_cached_and_uncached_steps_agree(data):
 def test_every_image_once_per_epoch(data):
     *_, fixations = data
     for epoch in range(3):
-        seen = np.concatenate([b.indices[b.weight > 0] for b in T.batches(fixations, 5, seed=3, epoch=epoch)])
+        seen = np.concatenate([b.indices[b.weight > 0] for b in P.batches(fixations, 5, seed=3, epoch=epoch)])
         np.testing.assert_array_equal(np.sort(seen), np.arange(len(fixations)))
-        masks = sum(int(b.mask.sum()) for b in T.batches(fixations, 5, seed=3, epoch=epoch))
+        masks = sum(int(b.mask.sum()) for b in P.batches(fixations, 5, seed=3, epoch=epoch))
         assert masks == fixations.fixation_count
 
 
@@ -114,7 +116,7 @@ def test_resume_after_interruption_gives_the_same_params(data, tmp_path, config)
         np.testing.assert_array_equal(x, y)
     assert json.loads((tmp_path / "b" / "config.json").read_text())["learning_rate"] == 0.01
     with pytest.raises(ValueError, match="another config"):
-        T.fit(T.TrainConfig(max_epochs=5), train, val, centerbias, workdir=tmp_path / "b", progress=False)
+        T.fit(TrainConfig(max_epochs=5), train, val, centerbias, workdir=tmp_path / "b", progress=False)
 
 
 def test_eight_devices_give_the_same_loss_as_one(data, tmp_path):
@@ -125,18 +127,20 @@ def test_eight_devices_give_the_same_loss_as_one(data, tmp_path):
              shapes=np.array(fixations.shapes))
     script = textwrap.dedent(f"""
         import jax, numpy as np
+        from deepgaze_jax import input_pipeline as P
         from deepgaze_jax import train as T
+        from deepgaze_jax.config import TrainConfig
         from tests.test_train import centerbias, CONFIG
         z = np.load({str(path)!r})
         n = len(z["shapes"])
-        data = T.FixationSet([z[f"f{{i}}"] for i in range(n)], [tuple(s) for s in z["shapes"]],
+        data = P.FixationSet([z[f"f{{i}}"] for i in range(n)], [tuple(s) for s in z["shapes"]],
                              [z[f"x{{i}}"] for i in range(n)], [z[f"y{{i}}"] for i in range(n)], 16)
         model = CONFIG.build_model()
         head = model.init_head(jax.random.PRNGKey(1))
         trainer = T.Trainer(model, T.make_optimizer(CONFIG, 1))
-        batch = T.batches(data, 8, seed=0)[0]
+        batch = P.batches(data, 8, seed=0)[0]
         loss = float(trainer._loss(head, *trainer.put_batch(batch, centerbias(batch.shape))))
-        result = T.fit(T.TrainConfig(max_epochs=2, batch_size=8), data.subset(range(8)), data.subset(range(8, 12)),
+        result = T.fit(TrainConfig(max_epochs=2, batch_size=8), data.subset(range(8)), data.subset(range(8, 12)),
                        centerbias, progress=False)
         print(jax.device_count(), repr(loss), repr(result.best_val))
     """)
@@ -152,7 +156,7 @@ def test_eight_devices_give_the_same_loss_as_one(data, tmp_path):
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5)
 
 
-def random_fixations(n: int = 12, seed: int = 0) -> tuple[T.FixationSet, T.FixationSet]:
+def random_fixations(n: int = 12, seed: int = 0) -> tuple[P.FixationSet, P.FixationSet]:
     """Train (8) and validation (4) images of two sizes: random DeepGaze I features, fixations near one
     spot per image (no backbone run, so that every process of a run builds them in no time)."""
     rng = np.random.default_rng(seed)
@@ -165,11 +169,11 @@ def random_fixations(n: int = 12, seed: int = 0) -> tuple[T.FixationSet, T.Fixat
         cx, cy = rng.uniform(12, w - 12), rng.uniform(12, h - 12)
         xs.append(np.clip(cx + 4 * rng.standard_normal(k), 0, w - 0.01).astype(np.float32))
         ys.append(np.clip(cy + 4 * rng.standard_normal(k), 0, h - 0.01).astype(np.float32))
-    data = T.FixationSet(features, shapes, xs, ys, max_fixations=16)
+    data = P.FixationSet(features, shapes, xs, ys, max_fixations=16)
     return data.subset(range(8)), data.subset(range(8, n))
 
 
-MULTI_CONFIG = T.TrainConfig(max_epochs=2, batch_size=4, decay_epochs=(1,), learning_rate=0.01)
+MULTI_CONFIG = TrainConfig(max_epochs=2, batch_size=4, decay_epochs=(1,), learning_rate=0.01)
 
 # One process of a two-process run (argv: process id, coordinator port, output folder): a straight
 # fit, a fit interrupted after one epoch and resumed, a fit whose seed differs per process (refused),
@@ -273,20 +277,20 @@ def test_fingerprint_covers_the_seed_and_the_fixations():
 def test_bad_configs_and_data_are_refused_before_compute(data):
     *_, fixations = data
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['learnig_rate'\]"):
-        T.TrainConfig.from_dict({"learnig_rate": 0.1})
+        TrainConfig.from_dict({"learnig_rate": 0.1})
     with pytest.raises(ValueError, match="batch_size must be of type int"):
-        T.TrainConfig.from_dict({"batch_size": "4"})
+        TrainConfig.from_dict({"batch_size": "4"})
     with pytest.raises(ValueError, match="model must be one of"):
-        T.TrainConfig.from_dict({"model": "deepgaze9"})
-    assert T.TrainConfig.from_dict({"learning_rate": 1, "decay_epochs": [3]}).learning_rate == 1.0
-    empty = T.FixationSet(fixations.features[:2], fixations.shapes[:2], [np.zeros(0, np.float32)] * 2,
+        TrainConfig.from_dict({"model": "deepgaze9"})
+    assert TrainConfig.from_dict({"learning_rate": 1, "decay_epochs": [3]}).learning_rate == 1.0
+    empty = P.FixationSet(fixations.features[:2], fixations.shapes[:2], [np.zeros(0, np.float32)] * 2,
                           [np.zeros(0, np.float32)] * 2, 16)
     with pytest.raises(ValueError, match="validation split has no fixations"):
         T.fit(CONFIG, fixations, empty, centerbias, progress=False)
     with pytest.raises(ValueError, match="channels"):
-        T.fit(T.TrainConfig(model="deepgaze2_vgg16"), fixations, fixations, centerbias, progress=False)
+        T.fit(TrainConfig(model="deepgaze2_vgg16"), fixations, fixations, centerbias, progress=False)
     with pytest.raises(ValueError, match="outside"):
-        T.FixationSet(fixations.features[:1], [(10, 10)], [np.array([12.0], np.float32)],
+        P.FixationSet(fixations.features[:1], [(10, 10)], [np.array([12.0], np.float32)],
                       [np.array([1.0], np.float32)], 16)
 
 
@@ -296,13 +300,13 @@ def test_dropout_zeroes_features_in_train_steps_only(data, channels):
     batch gets no gradient, and Adam's first update of its weight is exactly 0."""
     model, *_ = data
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
-        T.TrainConfig(dropout=1.0)
+        TrainConfig(dropout=1.0)
     trainer = T.Trainer(model, T.make_optimizer(CONFIG, 1), dropout=0.5, dropout_channels=channels, seed=3)
     head = jax.device_get(model.init_head(jax.random.PRNGKey(0)))  # a host copy: the steps donate the state
     features = np.random.RandomState(0).randn(4, 5, 256).astype(np.float32)  # a 4x5 grid (AlexNet's on 64x80: 1x1)
-    one = T.FixationSet([features], [(64, 80)], [np.array([10.0, 50.0], np.float32)],
+    one = P.FixationSet([features], [(64, 80)], [np.array([10.0, 50.0], np.float32)],
                         [np.array([20.0, 30.0], np.float32)], 2)
-    batch = T.batches(one, 1, seed=None)[0]
+    batch = P.batches(one, 1, seed=None)[0]
     args = trainer.put_batch(batch, centerbias(batch.shape))
     state, _ = trainer.train_step(trainer.init_state(head), *args)
     moved = np.asarray(state["params"]["readout"]["conv0"]["kernel"] != head["readout"]["conv0"]["kernel"]).ravel()
@@ -331,41 +335,41 @@ def test_flip_augmentation_mirrors_features_fixations_and_center_bias_together(d
     cb = np.kron(np.concatenate([base, base[:, ::-1]], axis=1), np.ones((4, 4)))  # mirror-symmetric, 4x4 blocks
     cb = (cb - np.logaddexp.reduce(cb.ravel())).astype(np.float32)
     xs, ys = rng.uniform(0, 80, 16).astype(np.float32), rng.uniform(0, 64, 16).astype(np.float32)
-    one = T.FixationSet([features], [(64, 80)], [xs], [ys], 16, flipped=[features[:, ::-1].copy()])
+    one = P.FixationSet([features], [(64, 80)], [xs], [ys], 16, flipped=[features[:, ::-1].copy()])
     head = model.init_head(jax.random.PRNGKey(0))
     head["finalizer"]["sigma"] = jnp.asarray(1.5)  # a blur that reaches across cells
     lls, flags = {}, []
     for epoch in range(40):
-        batch = T.batches(one, 1, seed=0, epoch=epoch, flip=True)[0]
+        batch = P.batches(one, 1, seed=0, epoch=epoch, flip=True)[0]
         flags.append(batch.flipped)
         batch_cb = cb[:, ::-1] if batch.flipped else cb
-        lls[batch.flipped] = np.asarray(T.per_image_log_likelihood(
+        lls[batch.flipped] = np.asarray(likelihood.per_image_log_likelihood(
             model, head, jnp.asarray(batch.features), jnp.asarray(batch_cb), jnp.asarray(batch.xs),
             jnp.asarray(batch.ys), jnp.asarray(batch.mask)))
     assert 10 <= sum(flags) <= 30, sum(flags)
     np.testing.assert_allclose(lls[True], lls[False], rtol=1e-5)
-    mirrored = T.batches(one, 1, seed=0, epoch=flags.index(True), flip=True)[0]
+    mirrored = P.batches(one, 1, seed=0, epoch=flags.index(True), flip=True)[0]
     np.testing.assert_array_equal(mirrored.xs[0], 79 - np.floor(xs))
     np.testing.assert_array_equal(mirrored.ys[0], ys)
 
     both = dataclasses.replace(fixations, flipped=[f[:, ::-1] for f in fixations.features])
     for epoch in range(3):
-        plain = T.batches(both, 2, seed=5, epoch=epoch)
-        assert [list(b.indices) for b in T.batches(both, 2, seed=5, epoch=epoch, flip=True)] == \
+        plain = P.batches(both, 2, seed=5, epoch=epoch)
+        assert [list(b.indices) for b in P.batches(both, 2, seed=5, epoch=epoch, flip=True)] == \
             [list(b.indices) for b in plain]
     with pytest.raises(ValueError, match="mirrored training images"):
         T.fit(dataclasses.replace(CONFIG, flip=True), fixations, fixations, centerbias, progress=False)
     with pytest.raises(ValueError, match="flipped features"):
-        T.FixationSet(fixations.features[:1], fixations.shapes[:1], fixations.xs[:1], fixations.ys[:1], 16,
+        P.FixationSet(fixations.features[:1], fixations.shapes[:1], fixations.xs[:1], fixations.ys[:1], 16,
                       flipped=[fixations.features[0][..., :10]])
 
 
 def test_weight_decay_shrinks_only_the_readout_kernels():
     with pytest.raises(ValueError, match="weight_decay must be >= 0"):
-        T.TrainConfig.from_dict({"weight_decay": -1.0})
+        TrainConfig.from_dict({"weight_decay": -1.0})
     head = deepgaze1().init_head(jax.random.PRNGKey(0))
     head["readout"]["conv0"]["bias"] = jnp.ones((1,))  # a bias, to show it is left alone
-    config = T.TrainConfig(learning_rate=0.1, schedule="constant", weight_decay=0.5)
+    config = TrainConfig(learning_rate=0.1, schedule="constant", weight_decay=0.5)
     optimizer = T.make_optimizer(config, steps_per_epoch=1)
     zeros = jax.tree.map(jnp.zeros_like, head)
     updates, _ = optimizer.update(zeros, optimizer.init(head), head)
@@ -385,7 +389,7 @@ def test_a_readout_dead_after_its_first_epoch_is_restarted(monkeypatch, tmp_path
 
     rng = np.random.default_rng(0)
     shapes = [(32, 48)] * 6
-    fixations = T.FixationSet([rng.standard_normal((2, 3, 2560)).astype(np.float32) for _ in shapes], shapes,
+    fixations = P.FixationSet([rng.standard_normal((2, 3, 2560)).astype(np.float32) for _ in shapes], shapes,
                               [rng.uniform(0, 48, 20).astype(np.float32) for _ in shapes],
                               [rng.uniform(0, 32, 20).astype(np.float32) for _ in shapes], 20)
     init_head = model_lib.DeepGaze.init_head
@@ -399,7 +403,7 @@ def test_a_readout_dead_after_its_first_epoch_is_restarted(monkeypatch, tmp_path
         return head
 
     monkeypatch.setattr(model_lib.DeepGaze, "init_head", dead_first)
-    config = T.TrainConfig(model="deepgaze2_vgg16", learning_rate=1e-3, max_epochs=3, patience=3, batch_size=2)
+    config = TrainConfig(model="deepgaze2_vgg16", learning_rate=1e-3, max_epochs=3, patience=3, batch_size=2)
     cb = lambda shape: np.full(shape, -np.log(shape[0] * shape[1]), np.float32)  # noqa: E731
     model = config.build_model()
     assert T.readout_is_dead(model, init_head(model, jax.random.PRNGKey(0)), np.stack(fixations.features)) is False
