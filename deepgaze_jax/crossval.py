@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
-import platform
 import time
 import zlib
 from collections.abc import Sequence
@@ -30,7 +28,7 @@ import jax
 import numpy as np
 
 from deepgaze_jax import data as data_lib
-from deepgaze_jax import distributed, feature_cache, likelihood, registry
+from deepgaze_jax import distributed, feature_cache, likelihood, provenance, registry
 from deepgaze_jax import train as T
 from deepgaze_jax.baselines import CenterBias, GoldStandard
 from deepgaze_jax.config import TrainConfig
@@ -206,7 +204,7 @@ def run(config: TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: pa
         raise ValueError(f"seeds must be at least 1, got {seeds}")
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
-    started, commit = time.time(), git_commit()  # the code this run started from
+    started, commit = time.time(), provenance.git_commit()  # the code this run started from
     target = Source(data_dir)
     extras = [Source(p) for p in extra_data]
     names = [target.name] + [e.name for e in extras]
@@ -302,13 +300,7 @@ def run(config: TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: pa
         "gold_standard": {"bandwidth": gold.bandwidth, "weights": list(gold.weights)},
         "paper": registry.MODELS[config.model].paper if target.fixatons else "none on this dataset",
         "seconds": {"features": feature_seconds, "total": time.time() - started},
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, jax {jax.__version__} on "
-                   f"{jax.devices()[0].device_kind}"
-                   + (f", {jax.process_count()} processes of this kind, {jax.device_count()} devices in all"
-                      if jax.process_count() > 1 else ""),
-        "command": command,
-        "commit": commit,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **provenance.stamp(command, commit),
     }
     if extras:
         results["extra_data"] = [{"name": e.name, "dataset": e.describe(ds)} for e, ds in zip(extras, extra_sets)]
@@ -318,7 +310,7 @@ def run(config: TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: pa
         stem = results_dir / f"{name}_crossval"
         stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
         stem.with_suffix(".md").write_text(markdown(results))
-        evaluation.write(results_dir, stem=f"{name}_crossval_metrics")
+        evaluation.write(results_dir, stem=f"{name}_crossval_metrics", stamp=provenance.stamp(command, commit))
         plot_training_curves(results_dir / f"{name}_training_curves.png", results)
     if heads_path is not None and distributed.is_main():
         trained_on = f"{target.name} twosize, cross-validation" if target.fixatons else f"{target.name}, cross-validation"
@@ -346,21 +338,6 @@ def _pretrain(config: TrainConfig, parts: list[FixationSet], centerbiases: list,
         _print(f"pretrained (seed {seeded.seed}): validation LL {result.best_val:.3f} after {result.epochs} epochs")
         out.append(result.best_params)
     return out
-
-
-def git_commit() -> str:
-    """The checked-out commit of this package's repository (``+dirty`` with uncommitted changes), or ""."""
-    import subprocess
-
-    root = pathlib.Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return commit + ("+dirty" if dirty else "")
 
 
 def fold_heads(heads: dict, metadata: dict[str, str], take: int | None = None) -> dict[int, list[dict]]:

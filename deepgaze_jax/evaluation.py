@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepgaze_jax import metric_maps, metrics
+from deepgaze_jax import metric_maps, metrics, provenance
 from deepgaze_jax.metrics import kernels, validation
 
 LogDensities = Union[Sequence[np.ndarray], Callable[[int], np.ndarray]]
@@ -105,13 +105,18 @@ class EvaluationResult:
         lines += ["", "Settings: " + ", ".join(f"`{k}={v}`" for k, v in self.config.items()), ""]
         return "\n".join(lines)
 
-    def write(self, out_dir: str | pathlib.Path, stem: str = "metrics") -> tuple[pathlib.Path, pathlib.Path]:
-        """Write ``<stem>.json`` (everything, per-image rows included) and ``<stem>.md`` (the table)."""
+    def write(self, out_dir: str | pathlib.Path, stem: str = "metrics",
+              stamp: dict[str, str] | None = None) -> tuple[pathlib.Path, pathlib.Path]:
+        """Write ``<stem>.json`` (everything, per-image rows included) and ``<stem>.md`` (the table),
+        both stamped with ``stamp`` (:func:`deepgaze_jax.provenance.stamp`) where given."""
         out_dir = pathlib.Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-        json_path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=True) + "\n")
-        md_path.write_text(self.to_markdown())
+        doc, md = self.to_dict(), self.to_markdown()
+        if stamp is not None:
+            doc, md = provenance.stamped(doc, stamp), provenance.add_to_markdown(md, stamp)
+        json_path.write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n")
+        md_path.write_text(md)
         return json_path, md_path
 
 

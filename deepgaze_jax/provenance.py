@@ -12,7 +12,6 @@ one line under their title (:func:`markdown_line`, :func:`add_to_markdown`). The
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import platform
@@ -90,19 +89,3 @@ def add_to_markdown(text: str, stamp: dict[str, str]) -> str:
     while rest and not rest[0].strip():
         rest = rest[1:]
     return "\n".join([lines[0], "", markdown_line(stamp), "", *rest])
-
-
-def stamp_files(stamp: dict[str, str], json_path: str | pathlib.Path | None = None,
-                md_path: str | pathlib.Path | None = None, indent: int = 1) -> None:
-    """Stamp result files that another function wrote (``evaluation.EvaluationResult.write``'s pair):
-    the JSON object rewritten with the stamp's fields first (``indent`` as it was written), the
-    markdown with the stamp line under its title."""
-    if json_path is not None:
-        path = pathlib.Path(json_path)
-        doc = json.loads(path.read_text())
-        if not isinstance(doc, dict):
-            raise ValueError(f"{path}: a JSON object is needed to stamp, found {type(doc).__name__}")
-        path.write_text(json.dumps(stamped(doc, stamp), indent=indent, allow_nan=True) + "\n")
-    if md_path is not None:
-        path = pathlib.Path(md_path)
-        path.write_text(add_to_markdown(path.read_text(), stamp))

@@ -12,16 +12,13 @@ metric) and ``<name>_cross_dataset.json`` (the summary, stamped with command, co
 
 import argparse
 import json
-import os
 import pathlib
-import shlex
-import platform
 import sys
 import time
 
 import jax
 
-from deepgaze_jax import crossval
+from deepgaze_jax import crossval, provenance
 from deepgaze_jax import data as data_lib
 from deepgaze_jax.baselines import GoldStandard
 from deepgaze_jax.input_pipeline import FixationSet
@@ -41,7 +38,7 @@ def main() -> int:
     parser.add_argument("--cache", type=pathlib.Path, default=REPO / ".cache")
     parser.add_argument("--results", type=pathlib.Path, default=REPO / "experiments" / "results")
     args = parser.parse_args()
-    started, commit = time.time(), crossval.git_commit()
+    started, commit = time.time(), provenance.git_commit()
     tree, meta = load_params(args.heads)
     if "model_config" not in meta:
         raise SystemExit(f"{args.heads}: not a predictor file")
@@ -54,7 +51,8 @@ def main() -> int:
     center_biases = crossval.fold_center_biases(dataset, folds)
     evaluation = crossval.test_metrics(model, {fold: members for fold in folds}, center_biases, dataset, features,
                                        None, name)
-    evaluation.write(args.results, stem=f"{name}_metrics")
+    command = provenance.command("experiments/cross_dataset.py")
+    evaluation.write(args.results, stem=f"{name}_metrics", stamp=provenance.stamp(command, commit))
 
     gold_nats = GoldStandard.fit(dataset).log_likelihoods(dataset)
     rows = data_lib.rows_by_image(dataset)
@@ -70,10 +68,7 @@ def main() -> int:
         "name": name, "heads": str(args.heads), "trained_on": meta.get("trained_on", ""),
         "members": len(members), "dataset": source.describe(dataset),
         "total": crossval.summarise(model_bits, cb_bits, gold_bits), "metrics": evaluation.summary,
-        "command": "python experiments/cross_dataset.py " + shlex.join(sys.argv[1:]), "commit": commit,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, jax {jax.__version__} on "
-                   f"{jax.devices()[0].device_kind}",
+        **provenance.stamp(command, commit),
         "seconds": time.time() - started,
     }
     (args.results / f"{name}_cross_dataset.json").write_text(json.dumps(summary, indent=2) + "\n")

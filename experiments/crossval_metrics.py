@@ -41,7 +41,7 @@ def main() -> int:
     evaluation = crossval.test_metrics(model, heads, center_biases, dataset, features, None, args.model)
     name = crossval.results_name(args.model, seeds)
     stamp = provenance.stamp(provenance.command("experiments/crossval_metrics.py"), commit)
-    provenance.stamp_files(stamp, *evaluation.write(results_dir, stem=f"{name}_crossval_metrics"))
+    evaluation.write(results_dir, stem=f"{name}_crossval_metrics", stamp=stamp)
     path = results_dir / f"{name}_crossval.json"
     results = json.loads(path.read_text())
     results["metrics"] = evaluation.summary

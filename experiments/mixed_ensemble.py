@@ -77,7 +77,7 @@ def main() -> int:
     evaluation = crossval.test_metrics(wide, heads, center_biases, dataset, features, None, args.name)
     command = provenance.command("experiments/mixed_ensemble.py")
     stamp = provenance.stamp(command, commit)
-    provenance.stamp_files(stamp, *evaluation.write(results_dir, stem=f"{args.name}_crossval_metrics"))
+    evaluation.write(results_dir, stem=f"{args.name}_crossval_metrics", stamp=stamp)
     gold = json.loads(args.gold_from.read_text())["total"]["gold_standard_information_gain"]
     summary = {**stamp, "name": args.name, "model": args.model, "files": [str(path) for path in args.files],
                "members_per_fold": per_fold, "members": sources, "weights": "equal",

@@ -12,6 +12,8 @@ import json
 import pathlib
 import sys
 
+from deepgaze_jax import provenance
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
 
@@ -44,6 +46,7 @@ def cell(stem: str | None) -> str:
 
 
 def main() -> int:
+    commit = provenance.git_commit()
     lines = [
         "# Trained on what, tested where",
         "",
@@ -60,8 +63,10 @@ def main() -> int:
     ]
     for model, trained_on, mit, osie, other in ROWS:
         lines.append(f"| {model} | {trained_on} | {cell(mit)} | {cell(osie)} | {cell(other)} |")
-    (RESULTS / "more_data.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = provenance.add_to_markdown("\n".join(lines) + "\n",
+                                      provenance.stamp(provenance.command("experiments/more_data_table.py"), commit))
+    (RESULTS / "more_data.md").write_text(text)
+    print(text)
     return 0
 
 

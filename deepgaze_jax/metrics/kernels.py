@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepgaze_jax.likelihood import LN2, bits_relative_to_uniform
+
 # The MIT/Tuebingen benchmark's regularisation constant for KLDiv (MATLAB's eps, as pysaliency writes it).
 KLDIV_EPS = 2.2204e-16
 # A map whose range (max - min) is at most this fraction of its magnitude max(|max|, |min|) is constant
@@ -126,8 +128,6 @@ def gather(maps: jax.Array, xs: jax.Array, ys: jax.Array, mask: jax.Array) -> ja
 # ----------------------------------------------------------------------------------------------------
 # Log-likelihood and information gain, in bits through deepgaze_jax.likelihood.
 # ----------------------------------------------------------------------------------------------------
-# likelihood is imported inside the kernels (when they are traced): it imports this package at module
-# level today, so a module-level import here would be circular.
 
 
 @jax.jit
@@ -136,11 +136,7 @@ def log_likelihood(log_density, sizes, xs, ys, mask):
 
     log_density (B, Hc, Wc) in nats, sizes (B, 2), xs, ys, mask (B, N) -> (B, N) bits, NaN at padding.
     """
-    from deepgaze_jax.likelihood import LN2
-
-    # likelihood.bits_relative_to_uniform, with per-image pixel counts (it takes Python ints).
-    pixels = _pixel_count(sizes, log_density.dtype)
-    values = (gather(log_density, xs, ys, mask) + jnp.log(pixels)[:, None]) / LN2
+    values = bits_relative_to_uniform(gather(log_density, xs, ys, mask), sizes[:, 0:1], sizes[:, 1:2])
     return jnp.where(mask, values, jnp.nan)
 
 
@@ -150,8 +146,6 @@ def information_gain(log_density, baseline_log_density, xs, ys, mask):
 
     Both log densities (B, Hc, Wc) in nats, xs, ys, mask (B, N) -> (B, N) bits, NaN at padding.
     """
-    from deepgaze_jax.likelihood import LN2
-
     values = gather(log_density - baseline_log_density, xs, ys, mask) / LN2
     return jnp.where(mask, values, jnp.nan)
 
