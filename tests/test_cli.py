@@ -355,3 +355,10 @@ def test_the_quiet_filter_lets_other_warnings_and_errors_through():
     assert not passes(logging.WARNING, "Using custom data configuration: %s")
     assert passes(logging.WARNING, "Some other warning")
     assert passes(logging.ERROR, "a real error")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "baselines", "train"])
+def test_help_states_the_cache_default(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "(default ./.cache" in " ".join(capsys.readouterr().out.split())
