@@ -73,6 +73,42 @@ def _architecture(arch: str) -> tuple:
         raise ValueError(f"unknown backbone {arch!r}; expected one of {sorted(ARCHITECTURES)}") from None
 
 
+def check_layers(arch: str, names: Sequence[str]) -> None:
+    """Raise a ``ValueError`` naming the layers of ``names`` that backbone ``arch`` does not have."""
+    known = layer_names(arch)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"{arch} has no layer(s) {unknown}; available: {list(known)}")
+
+
+def backbone_widths(arch: str) -> dict[str, int]:
+    """Channels of every named layer of a backbone."""
+    widths, channels = {}, 3
+    for name, kind, args in ARCHITECTURES[arch]:
+        if kind == "conv":
+            channels = args[0]
+        widths[name] = channels
+    return widths
+
+
+def init_backbone(rng: jax.Array, arch: str) -> dict:
+    """Random He-normal backbone weights (zero biases), in the parameter layout of the module doc;
+    for tests and benchmarks."""
+    params, channels = {}, 3
+    for name, kind, args in ARCHITECTURES[arch]:
+        if kind != "conv":
+            continue
+        rng, key = jax.random.split(rng)
+        out, k = args[0], args[1]
+        std = math.sqrt(2.0 / (k * k * channels))
+        params[name] = {
+            "kernel": std * jax.random.normal(key, (k, k, channels, out), jnp.float32),
+            "bias": jnp.zeros((out,), jnp.float32),
+        }
+        channels = out
+    return params
+
+
 def _pool_output_size(size: int, window: int, stride: int, ceil_mode: bool) -> int:
     """Output length of PyTorch's MaxPool2d (padding 0, dilation 1)."""
     span = size - window
@@ -109,10 +145,7 @@ class Backbone(nn.Module):
     def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
         """``(B, H, W, 3)`` RGB 0..255 -> ``{name: (B, h, w, C)}`` for each requested layer."""
         layers = _architecture(self.arch)
-        known = {name for name, _, _ in layers}
-        unknown = [name for name in self.outputs if name not in known]
-        if unknown:
-            raise ValueError(f"{self.arch} has no layer(s) {unknown}; available: {[n for n, _, _ in layers]}")
+        check_layers(self.arch, self.outputs)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected images of shape (B, H, W, 3), got {images.shape}")
         last = max(i for i, (name, _, _) in enumerate(layers) if name in self.outputs)

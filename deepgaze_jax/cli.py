@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
+import logging
 import pathlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -45,6 +45,32 @@ def error_line(message: object) -> str:
 
 def error(message: object) -> None:
     print(error_line(message), file=sys.stderr)
+
+
+#: Warnings of tensorflow-datasets (through absl) that tell a user of the command nothing: it decodes
+#: images with Pillow where OpenCV is missing, and a CSV dataset is a "custom" configuration by design.
+QUIET_WARNINGS = ("OpenCV is not installed", "Using custom data configuration")
+
+
+class _QuietFilter(logging.Filter):
+    """Drops log records whose message starts with one of :data:`QUIET_WARNINGS`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(QUIET_WARNINGS)
+
+
+_QUIET = _QuietFilter()
+
+
+def quiet_data_loading() -> None:
+    """Silence tensorflow-datasets' chatter on the data-loading paths (idempotent): the absl warnings
+    of :data:`QUIET_WARNINGS` and its progress bars (escape codes in logs and one-line errors). Other
+    warnings and errors still print."""
+    import tensorflow_datasets as tfds
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_logger().addFilter(_QUIET)  # the same filter object is added once
+    tfds.disable_progress_bar()
 
 
 def _positive_int(text: str) -> int:
@@ -156,13 +182,12 @@ def _output_stems(paths: Sequence[pathlib.Path]) -> list[str]:
 
 
 def _batches(images: dict[int, object], batch_size: int) -> Iterator[list[int]]:
-    """Indices of ``images`` in batches of one image size, at most ``batch_size`` each."""
-    groups: dict[tuple, list[int]] = {}
-    for i, image in images.items():
-        groups.setdefault(image.shape, []).append(i)
-    for indices in groups.values():
-        for start in range(0, len(indices), batch_size):
-            yield indices[start : start + batch_size]
+    """Keys of ``images`` in batches of one image size, at most ``batch_size`` each."""
+    from deepgaze_jax.images import batches_by_size
+
+    keys = list(images)
+    for batch in batches_by_size([images[k].shape for k in keys], batch_size):
+        yield [keys[j] for j in batch]
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -467,6 +492,7 @@ def _train(args: argparse.Namespace) -> int:
     elif args.num_processes is not None or args.process_id is not None:
         error("--num-processes and --process-id need --coordinator HOST:PORT or --distributed")
         return 1
+    quiet_data_loading()
     try:
         config = train_config(args)
         from deepgaze_jax import crossval
@@ -512,7 +538,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--config", default="all", choices=("all", "onesize", "twosize"), help="MIT1003 config")
     _add_model_options(p)
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("deepgaze-evaluation"), help="output folder")
-    p.add_argument("--cache", type=pathlib.Path, default=pathlib.Path(".cache"), help="tfds data folder")
+    p.add_argument("--cache", type=pathlib.Path, default=pathlib.Path(".cache"),
+                   help="folder for the dataset as built once by tensorflow-datasets, in CACHE/tfds "
+                        "(default ./.cache, as `deepgaze train`)")
     p.add_argument("--max-images", type=_positive_int, default=None, help="only the first N images")
     p.add_argument("--sim-map", default="blurred", choices=("blurred", "optimal"),
                    help="map SIM is scored on: the blurred density (default, as CC and KLDiv) or the "
@@ -528,6 +556,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from deepgaze_jax import data as data_lib
     from deepgaze_jax.evaluation import evaluate
 
+    quiet_data_loading()
     try:
         predictor = _load_predictor(args)
         if args.mit1003 is not None:
@@ -586,7 +615,9 @@ def _add_baselines(sub) -> None:
     p.add_argument("--stimuli", type=pathlib.Path, help="the folder of the images the CSV names")
     p.add_argument("--one-based", action="store_true", help="the CSV's coordinates are 1-based (MATLAB)")
     p.add_argument("--out", type=pathlib.Path, required=True, help="the center-bias file to write (.safetensors)")
-    p.add_argument("--cache", type=pathlib.Path, default=pathlib.Path(".cache"), help="tfds data folder")
+    p.add_argument("--cache", type=pathlib.Path, default=pathlib.Path(".cache"),
+                   help="folder for MIT1003 as built once by tensorflow-datasets, in CACHE/tfds "
+                        "(default ./.cache, as `deepgaze train`)")
     p.set_defaults(func=_baselines)
 
 
@@ -601,6 +632,7 @@ def _baselines(args: argparse.Namespace) -> int:
     if args.out.is_dir():
         error(f"--out {args.out}: is a folder; name the file to write")
         return 2
+    quiet_data_loading()
     try:
         if args.mit1003 is not None:
             dataset = data_lib.load_mit1003(args.mit1003, "twosize", data_dir=args.cache / "tfds")  # as training

@@ -6,6 +6,10 @@ for orientations 5-8); grayscale is repeated to three channels; palette, CMYK an
 converted to RGB; an alpha channel is composited over white (as a page shows it); 16-bit and
 32-bit integer images are scaled to 0..255 from their full range. Anything else is an error naming
 the file and the problem.
+
+Stimuli of a fixation dataset are read with ``as_stored=True`` instead: the pixel grid as stored, on
+which the fixations were recorded (no EXIF orientation), converted with Pillow's plain RGB conversion,
+as the dataset builders store them (:mod:`deepgaze_jax.data.builders`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import io
 import os
 import pathlib
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,9 +35,17 @@ class ImageTooLargeError(ImageError):
     """An image over the pixel limit, or refused by Pillow as a decompression bomb."""
 
 
-def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = MAX_PIXELS, *,
+               as_stored: bool = False) -> np.ndarray:
     """Read an image file (path or bytes) as ``(H, W, 3)`` uint8 RGB, upright as its EXIF orientation
     tag says (``H, W`` are then the displayed height and width); the conversions are in the module doc.
+
+    ``max_pixels=None``: no limit of ours (Pillow still refuses decompression bombs of more than twice
+    ``Image.MAX_IMAGE_PIXELS``). ``as_stored=True``: the stored pixel grid, for stimuli whose fixations
+    were recorded on it: no EXIF orientation, and ``PIL.Image.convert("RGB")`` in place of the
+    documented conversions (an alpha channel is dropped, not composited), as the dataset builders
+    store images. The predict command and the server read with the defaults; the fixation datasets'
+    file images (:func:`deepgaze_jax.data.from_raw`) with ``max_pixels=None, as_stored=True``.
 
     Raises:
       ImageTooLargeError: more than ``max_pixels`` pixels, or a decompression bomb.
@@ -50,7 +63,8 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
         stream = path.open("rb")
     try:
         with stream, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if max_pixels is not None:
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
                 image = Image.open(stream)
             except UnidentifiedImageError:
@@ -58,15 +72,18 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
             except (OSError, SyntaxError, ValueError, EOFError) as error:  # cut off inside the header
                 raise ImageError(f"{name}: corrupt or truncated image header ({error})") from None
             width, height = image.size
-            if width * height > max_pixels:
+            if max_pixels is not None and width * height > max_pixels:
                 raise ImageTooLargeError(
                     f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
                 )
             try:
                 image.load()
-                ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of a huge image
+                if not as_stored:
+                    ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of a huge image
             except (OSError, SyntaxError, ValueError) as error:
                 raise ImageError(f"{name}: corrupt or truncated image data ({error})") from None
+            if as_stored:
+                return np.asarray(image.convert("RGB"), dtype=np.uint8)
             return to_rgb(image, name)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageTooLargeError(f"{name}: refused as a decompression bomb ({error})") from None
@@ -120,3 +137,20 @@ def as_rgb_array(image: np.ndarray, name: str = "image") -> np.ndarray:
             raise ImageError(f"{name}: contains NaN or infinity")
         return array
     raise ImageError(f"{name}: unsupported dtype {array.dtype}; expected uint8, uint16 or float 0..255")
+
+
+def group_by_size(shapes: Iterable[Sequence[int]]) -> dict[tuple[int, int], list[int]]:
+    """Positions of images of each size: ``(H, W, ...)`` shapes (or ``(H, W)`` sizes) ->
+    ``{(H, W): [i, ...]}``, sizes in the order first seen, positions ascending within each."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault((int(shape[0]), int(shape[1])), []).append(i)
+    return groups
+
+
+def batches_by_size(shapes: Iterable[Sequence[int]], batch_size: int) -> Iterator[list[int]]:
+    """Positions in batches of one image size, at most ``batch_size`` each: the groups of
+    :func:`group_by_size` in order, each cut into consecutive runs."""
+    for indices in group_by_size(shapes).values():
+        for start in range(0, len(indices), batch_size):
+            yield indices[start : start + batch_size]

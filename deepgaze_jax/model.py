@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepgaze_jax import backbones
+# Re-exported: tests/test_backbones.py, test_train.py and test_multi_dataset.py import it from here.
+from deepgaze_jax.backbones import init_backbone  # noqa: F401
 from deepgaze_jax.finalizer import saliency_grid, upsample_to_image, values_at
 from deepgaze_jax.resize import downscale_nearest, resize_nearest
 
@@ -72,10 +74,7 @@ class DeepGaze:
             raise ValueError(f"readout_kind must be one of {READOUT_KINDS}, got {self.readout_kind!r}")
         if self.readout_kind == "iie" and self.readout_bias:
             raise ValueError("the iie readout has a bias layer of its own; readout_bias must be False")
-        names = backbones.layer_names(self.backbone)
-        unknown = [layer for layer in self.layers if layer not in names]
-        if unknown:
-            raise ValueError(f"{self.backbone} has no layer(s) {unknown}; available: {list(names)}")
+        backbones.check_layers(self.backbone, self.layers)
         if not self.readout_channels or self.readout_channels[-1] != 1:
             raise ValueError(f"the readout must end in 1 channel, got {self.readout_channels}")
 
@@ -84,7 +83,7 @@ class DeepGaze:
     @property
     def feature_channels(self) -> int:
         """Channels of the concatenated feature stack fed to the readout."""
-        widths = backbone_widths(self.backbone)
+        widths = backbones.backbone_widths(self.backbone)
         return sum(widths[layer] for layer in self.layers)
 
     def init_head(self, rng: jax.Array) -> Params:
@@ -113,7 +112,7 @@ class DeepGaze:
         """Full parameters; random (He-normal) backbone weights unless ``backbone_params`` is given."""
         rng_backbone, rng_head = jax.random.split(rng)
         if backbone_params is None:
-            backbone_params = init_backbone(rng_backbone, self.backbone)
+            backbone_params = backbones.init_backbone(rng_backbone, self.backbone)
         return {"backbone": backbone_params, "head": self.init_head(rng_head)}
 
     # --- forward ----------------------------------------------------------------------------
@@ -295,33 +294,6 @@ def deepgaze2(backbone: str = "vgg19", dtype: str = "float32", extra_layers: tup
         ceil_mode=True,
         dtype=dtype,
     )
-
-
-def backbone_widths(arch: str) -> dict[str, int]:
-    """Channels of every named layer of a backbone."""
-    widths, channels = {}, 3
-    for name, kind, args in backbones.ARCHITECTURES[arch]:
-        if kind == "conv":
-            channels = args[0]
-        widths[name] = channels
-    return widths
-
-
-def init_backbone(rng: jax.Array, arch: str) -> Params:
-    """Random He-normal backbone weights (zero biases); for tests and benchmarks."""
-    params, channels = {}, 3
-    for name, kind, args in backbones.ARCHITECTURES[arch]:
-        if kind != "conv":
-            continue
-        rng, key = jax.random.split(rng)
-        out, k = args[0], args[1]
-        std = math.sqrt(2.0 / (k * k * channels))
-        params[name] = {
-            "kernel": std * jax.random.normal(key, (k, k, channels, out), jnp.float32),
-            "bias": jnp.zeros((out,), jnp.float32),
-        }
-        channels = out
-    return params
 
 
 def _check_images(images: jax.Array) -> jax.Array:

@@ -20,7 +20,7 @@ import numpy as np
 from deepgaze_jax import centerbias as centerbias_lib
 from deepgaze_jax import model as model_lib
 from deepgaze_jax.baselines import CenterBias
-from deepgaze_jax.images import as_rgb_array
+from deepgaze_jax.images import as_rgb_array, batches_by_size
 from deepgaze_jax.params_io import load_params, save_params
 from deepgaze_jax.pretrained import load_backbone
 
@@ -63,16 +63,11 @@ class Predictor:
     def predict_many(self, images: Iterable[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
         """Predict a list of images, batching those of the same size; results in input order."""
         images = [as_rgb_array(image, f"image {i}") for i, image in enumerate(images)]
-        groups: dict[tuple, list[int]] = {}
-        for i, image in enumerate(images):
-            groups.setdefault(image.shape, []).append(i)
         out: list[np.ndarray | None] = [None] * len(images)
-        for indices in groups.values():
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start : start + batch_size]
-                result = np.asarray(self.log_density(np.stack([images[i] for i in chunk])))
-                for i, density in zip(chunk, result):
-                    out[i] = density
+        for chunk in batches_by_size([image.shape for image in images], batch_size):
+            result = np.asarray(self.log_density(np.stack([images[i] for i in chunk])))
+            for i, density in zip(chunk, result):
+                out[i] = density
         return out
 
 

@@ -317,3 +317,48 @@ def test_a_folder_that_cannot_be_listed_is_named_and_the_others_go_on(tmp_path, 
     paths, problems = expand_inputs([str(locked), str(tmp_path / "a.jpg")])
     assert [p.name for p in paths] == ["a.jpg"]
     assert problems == [f"{locked}: cannot list the folder (Permission denied)"]
+
+
+def test_data_loading_is_quiet_about_what_means_nothing_to_the_user(tmp_path, predictor_file):
+    root = tmp_path / "tiny"
+    (root / "STIMULI").mkdir(parents=True)
+    for seed, name in enumerate(("a.png", "b.png")):
+        Image.fromarray(image_cases.photo((96, 128), seed=seed)).save(root / "STIMULI" / name)
+    (root / "fixations.csv").write_text("image,subject,x,y,t\na.png,s1,10,20,0\nb.png,s2,100,70,0\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-m", "deepgaze_jax.cli", "evaluate", "--csv-dataset", str(root),
+                           "--heads", str(predictor_file), "--out", str(tmp_path / "eval"),
+                           "--cache", str(tmp_path / "cache")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+    for noise in ("OpenCV is not installed", "Using custom data configuration", "\x1b["):
+        assert noise not in done.stderr
+
+
+def test_the_quiet_filter_lets_other_warnings_and_errors_through():
+    import logging
+
+    from absl import logging as absl_logging
+
+    from deepgaze_jax import cli
+
+    cli.quiet_data_loading()
+    cli.quiet_data_loading()  # idempotent: one filter
+    absl = absl_logging.get_absl_logger()
+    assert absl.filters.count(cli._QUIET) == 1
+
+    def passes(level, msg):
+        return all(f.filter(logging.LogRecord("absl", level, __file__, 1, msg, (), None)) for f in absl.filters)
+
+    assert not passes(logging.WARNING, "OpenCV is not installed. We recommend using OpenCV because ...")
+    assert not passes(logging.WARNING, "Using custom data configuration: %s")
+    assert passes(logging.WARNING, "Some other warning")
+    assert passes(logging.ERROR, "a real error")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "baselines", "train"])
+def test_help_states_the_cache_default(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "(default ./.cache" in " ".join(capsys.readouterr().out.split())

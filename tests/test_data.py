@@ -86,6 +86,24 @@ def test_truncated_jpeg_fails_the_build_naming_file(tmp_path):
         data.from_raw(raw).images[2]
 
 
+def test_stimuli_are_read_as_stored_where_the_fixations_were_recorded(tmp_path):
+    from deepgaze_jax.images import load_image
+    from tests import image_cases
+
+    root = fake_data.make_fixatons(tmp_path / "raw")
+    tagged, plain = image_cases.exif_oriented_jpeg(6, size=(12, 16))  # "show me turned": not for stimuli
+    (root / "STIMULI" / "a.jpeg").write_bytes(tagged)
+    raw = data.read_fixatons(root)
+    image = data.from_raw(raw).images[0]
+    assert image.shape == (*raw.sizes[0], 3) == (12, 16, 3)
+    np.testing.assert_array_equal(image, load_image(plain))  # the same stored pixels, not turned
+    b = _build(builders.Mit1003, tmp_path, root, config="all")
+    np.testing.assert_array_equal(b.as_data_source(split="train")[0]["image"], image)
+    (root / "STIMULI" / "a.jpeg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"stimulus file missing: .*a\.jpeg"):
+        data.from_raw(raw).images[0]
+
+
 def test_malformed_scanpath_names_file_and_line(tmp_path):
     root = fake_data.make_fixatons(tmp_path)
     (root / "SCANPATHS" / "c" / "s1").write_text("9 7 0.004 0.2\n4 ten 0.3 0.6\n")

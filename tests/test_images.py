@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepgaze_jax.images import ImageError, as_rgb_array, load_image
+from deepgaze_jax.images import ImageError, as_rgb_array, batches_by_size, group_by_size, load_image
 
 
 def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -94,3 +94,28 @@ def test_exif_orientation_is_applied(tmp_path, orientation, turns):
     np.testing.assert_array_equal(load_image(tagged), upright)  # bytes, as the service reads uploads
     (tmp_path / "phone.jpg").write_bytes(tagged)
     np.testing.assert_array_equal(load_image(tmp_path / "phone.jpg"), upright)
+
+
+def test_as_stored_reads_the_stored_grid_without_exif_orientation_and_drops_alpha():
+    from tests import image_cases
+
+    tagged, plain = image_cases.exif_oriented_jpeg(6)
+    np.testing.assert_array_equal(load_image(tagged, as_stored=True), load_image(plain))  # not turned
+    rgba = np.zeros((1, 2, 4), np.uint8)
+    rgba[0, 1] = (10, 20, 30, 0)  # transparent: composited to white by default, kept as stored
+    data = encode(Image.fromarray(rgba, "RGBA"))
+    np.testing.assert_array_equal(load_image(data)[0, 1], (255, 255, 255))
+    np.testing.assert_array_equal(load_image(data, as_stored=True)[0, 1], (10, 20, 30))
+
+
+def test_no_pixel_limit_when_max_pixels_is_none():
+    big = encode(Image.new("1", (9000, 8000)))  # over our default limit, under Pillow's own
+    assert load_image(big, max_pixels=None).shape == (8000, 9000, 3)
+
+
+def test_group_by_size_keeps_first_seen_order_and_batches_cut_each_group():
+    shapes = [(4, 5, 3), (2, 3, 3), (4, 5, 3), (4, 5, 3), (2, 3)]
+    assert group_by_size(shapes) == {(4, 5): [0, 2, 3], (2, 3): [1, 4]}
+    assert list(group_by_size(shapes)) == [(4, 5), (2, 3)]
+    assert list(batches_by_size(shapes, 2)) == [[0, 2], [3], [1, 4]]
+    assert group_by_size([]) == {} and list(batches_by_size([], 3)) == []

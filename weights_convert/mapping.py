@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from deepgaze_jax.params_io import unflatten_params
+
 Shape = tuple[int, ...]
 #: Flat target layout: ``"conv1/kernel"`` -> expected shape.
 Skeleton = Mapping[str, Shape]
@@ -69,18 +71,6 @@ def _to_numpy(key: str, value: Any) -> np.ndarray:
 def _display(pattern: str) -> str:
     """A rule's regex as the literal key it matches (our tables escape only dots)."""
     return re.sub(r"\\(.)", r"\1", pattern)
-
-
-def unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """``{"a/b": x}`` -> ``{"a": {"b": x}}``."""
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
 
 
 def apply_rules(
@@ -148,4 +138,4 @@ def apply_rules(
 
     if errors:
         raise ValueError(f"cannot convert {source_name}: " + "; ".join(errors))
-    return unflatten(out)
+    return unflatten_params(out)

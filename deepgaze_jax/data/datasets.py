@@ -12,8 +12,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from deepgaze_jax.data import builders
-from deepgaze_jax.data.fixations import (FilterReport, Fixations, RawDataset, conventional_filter,
-                                         load_image)
+from deepgaze_jax.data.fixations import FilterReport, Fixations, RawDataset, conventional_filter
+from deepgaze_jax.images import load_image
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,15 @@ class _FileImages:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return load_image(self.paths[i])
+        """The stimulus' stored pixel grid (the one its fixations were recorded on), as the builders store it."""
+        path = self.paths[i]
+        if not path.exists():
+            raise FileNotFoundError(f"stimulus file missing: {path}")
+        try:
+            return load_image(path, max_pixels=None, as_stored=True)
+        except Exception as e:  # Pillow raises several types for unreadable files
+            reason = str(e).removeprefix(f"{path}: ")  # an ImageError names the file already
+            raise ValueError(f"corrupt or unreadable image {path}: {reason}") from e
 
 
 class _TfdsImages:

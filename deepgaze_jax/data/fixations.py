@@ -88,9 +88,6 @@ class Fixations:
         """The rows where the boolean (F,) ``keep`` is true (or the given integer rows)."""
         return Fixations(**{k: getattr(self, k)[keep] for k in self._DTYPES})
 
-    def as_dict(self) -> dict[str, np.ndarray]:
-        return {k: getattr(self, k) for k in self._DTYPES}
-
 
 @dataclasses.dataclass(frozen=True)
 class FilterReport:
@@ -167,19 +164,6 @@ def image_size(path: pathlib.Path) -> tuple[int, int]:
     except Exception as e:  # PIL raises several types for unreadable files
         raise ValueError(f"cannot read image {path}: {e}") from e
     return height, width
-
-
-def load_image(path: pathlib.Path) -> np.ndarray:
-    """Fully decodes an image to uint8 ``(H, W, 3)`` RGB; a corrupt or truncated file raises an
-    error naming it."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"stimulus file missing: {path}") from None
-    except Exception as e:
-        raise ValueError(f"corrupt or unreadable image {path}: {e}") from e
 
 
 def _list_stimuli(stimuli_dir: pathlib.Path) -> list[pathlib.Path]:
