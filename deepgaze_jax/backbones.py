@@ -109,7 +109,7 @@ def init_backbone(rng: jax.Array, arch: str) -> dict:
     return params
 
 
-def _pool_output_size(size: int, window: int, stride: int, ceil_mode: bool) -> int:
+def pool_output_size(size: int, window: int, stride: int, ceil_mode: bool) -> int:
     """Output length of PyTorch's MaxPool2d (padding 0, dilation 1)."""
     span = size - window
     out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
@@ -169,7 +169,7 @@ class Backbone(nn.Module):
                 x = nn.relu(x)
             else:
                 window, stride = args
-                out = [_pool_output_size(s, window, stride, self.ceil_mode) for s in x.shape[1:3]]
+                out = [pool_output_size(s, window, stride, self.ceil_mode) for s in x.shape[1:3]]
                 _check_size(self.arch, name, images.shape, out)
                 pad = [(0, max(0, (o - 1) * stride + window - s)) for o, s in zip(out, x.shape[1:3])]
                 x = nn.max_pool(x, (window, window), strides=(stride, stride), padding=pad)

@@ -80,6 +80,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {text}")
+    return value
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=MODELS, default="deepgaze1", help="shipped predictor (default: deepgaze1)")
     p.add_argument("--heads", type=pathlib.Path, default=None,
@@ -351,9 +358,13 @@ def _add_serve(sub) -> None:
                    help=f"largest request body in MiB (default {serve.DEFAULT_MAX_UPLOAD_BYTES / 2**20:g})")
     p.add_argument("--max-pixels", type=_positive_int, default=serve.DEFAULT_MAX_PIXELS,
                    help=f"largest image in pixels (default {serve.DEFAULT_MAX_PIXELS})")
-    p.add_argument("--body-timeout", type=float, default=serve.DEFAULT_BODY_TIMEOUT_S, metavar="SECONDS",
-                   help=f"time a client has to send its request body; 408 after it (default "
-                        f"{serve.DEFAULT_BODY_TIMEOUT_S:g})")
+    p.add_argument("--body-timeout", type=_positive_seconds, default=serve.DEFAULT_BODY_TIMEOUT_S,
+                   metavar="SECONDS", help=f"time a client has to send its request body; 408 after it (default "
+                                           f"{serve.DEFAULT_BODY_TIMEOUT_S:g})")
+    p.add_argument("--header-timeout", type=_positive_seconds, default=serve.DEFAULT_HEADER_TIMEOUT_S,
+                   metavar="SECONDS", help=f"time a connection has to send its request line and headers, from "
+                                           f"its start or the previous answer; 408 and closed after it "
+                                           f"(default {serve.DEFAULT_HEADER_TIMEOUT_S:g})")
     p.add_argument("--max-uploads-per-client", type=_positive_int, default=serve.DEFAULT_MAX_UPLOADS_PER_CLIENT,
                    help=f"uploads one client address may send at once; 429 beyond (default "
                         f"{serve.DEFAULT_MAX_UPLOADS_PER_CLIENT})")
@@ -388,6 +399,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"compiling {name} (warm-up) ...", flush=True)
     app = serve.create_app(predictor, name=name, max_upload_bytes=int(args.max_upload_mb * 2**20),
                            max_pixels=args.max_pixels, body_timeout_s=args.body_timeout,
+                           header_timeout_s=args.header_timeout,
                            max_uploads_per_client=args.max_uploads_per_client, max_waiting=args.max_waiting,
                            max_compiled=args.max_compiled, batch_window_ms=args.batch_window_ms,
                            max_batch=args.max_batch)

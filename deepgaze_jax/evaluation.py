@@ -37,6 +37,7 @@ import numpy as np
 
 from deepgaze_jax import metric_maps, metrics, provenance
 from deepgaze_jax.metrics import kernels, validation
+from deepgaze_jax.images import batches_by_size
 
 LogDensities = Union[Sequence[np.ndarray], Callable[[int], np.ndarray]]
 SimMap = Literal["blurred", "optimal"]
@@ -394,10 +395,7 @@ def plan_batches(sizes: np.ndarray, batch_size: int, canvas_multiple: int) -> li
     ``canvas_multiple`` pixels are the same canvas; canvases in order of first appearance, images in
     index order within each."""
     canvases = [(_round_up(int(h), canvas_multiple), _round_up(int(w), canvas_multiple)) for h, w in sizes]
-    groups: dict[tuple[int, int], list[int]] = {}
-    for n, canvas in enumerate(canvases):
-        groups.setdefault(canvas, []).append(n)
-    return [CanvasBatch(canvas, idx[i : i + batch_size]) for canvas, idx in groups.items() for i in range(0, len(idx), batch_size)]
+    return [CanvasBatch(canvases[chunk[0]], chunk) for chunk in batches_by_size(canvases, batch_size)]
 
 
 def batch_slots(batch: CanvasBatch, data: EvaluationData, batch_size: int) -> tuple[list[int], np.ndarray]:

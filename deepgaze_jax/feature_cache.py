@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from deepgaze_jax import distributed
 from deepgaze_jax import model as model_lib
+from deepgaze_jax.images import batches_by_size
 
 FORMAT = 1
 # The fields of a model description that its features depend on (the readout and finalizer do not).
@@ -39,19 +40,15 @@ def compute_features(model: model_lib.DeepGaze, backbone: dict, images: Sequence
     ``__len__`` works); images of the same size are batched. ``flip``: the features of the
     horizontally mirrored images.
     """
-    groups: dict[tuple, list[int]] = {}
-    for i in range(len(images)):
-        groups.setdefault(tuple(np.shape(images[i])[:2]), []).append(i)
+    shapes = [np.shape(images[i]) for i in range(len(images))]
     out: list[np.ndarray | None] = [None] * len(images)
     with tqdm(total=len(images), desc="features", disable=not progress) as bar:
-        for indices in groups.values():
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start : start + batch_size]
-                stack = np.stack([images[i] for i in chunk])
-                feats = np.asarray(model.features(backbone, stack[:, :, ::-1] if flip else stack))
-                for i, f in zip(chunk, feats):
-                    out[i] = f
-                bar.update(len(chunk))
+        for chunk in batches_by_size(shapes, batch_size):
+            stack = np.stack([images[i] for i in chunk])
+            feats = np.asarray(model.features(backbone, stack[:, :, ::-1] if flip else stack))
+            for i, f in zip(chunk, feats):
+                out[i] = f
+            bar.update(len(chunk))
     return out
 
 

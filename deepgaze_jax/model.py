@@ -23,8 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepgaze_jax import backbones
-# Re-exported: tests/test_backbones.py, test_train.py and test_multi_dataset.py import it from here.
-from deepgaze_jax.backbones import init_backbone  # noqa: F401
 from deepgaze_jax.finalizer import saliency_grid, upsample_to_image, values_at
 from deepgaze_jax.resize import downscale_nearest, resize_nearest
 

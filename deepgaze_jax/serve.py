@@ -445,7 +445,7 @@ def create_app(predictor, *, name: str = "deepgaze", max_upload_bytes: int = DEF
         return {"status": "ok", "model": name, "members": members, "images_predicted": stats["predicted"],
                 "uploads_refused": stats["refused"], "requests_in_line": stats["in_line"],
                 "uploads_receiving": stats["receiving"], "max_upload_bytes": max_upload_bytes,
-                "max_pixels": max_pixels, "body_timeout_s": body_timeout_s,
+                "max_pixels": max_pixels, "body_timeout_s": body_timeout_s, "header_timeout_s": header_timeout_s,
                 "max_uploads_per_client": max_uploads_per_client, "max_waiting": max_waiting,
                 "max_compiled": max_compiled, "compiled": [list(k) for k in model.held()],
                 "batch_window_ms": batch_window_ms, "max_batch": max_batch,

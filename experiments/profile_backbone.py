@@ -48,8 +48,8 @@ def conv_layers(model, height: int, width: int) -> list[dict]:
             h, w, c = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1, cout
         elif kind == "pool":
             window, stride = args
-            h = backbones._pool_output_size(h, window, stride, model.ceil_mode)
-            w = backbones._pool_output_size(w, window, stride, model.ceil_mode)
+            h = backbones.pool_output_size(h, window, stride, model.ceil_mode)
+            w = backbones.pool_output_size(w, window, stride, model.ceil_mode)
     return out
 
 

@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from deepgaze_jax import backbones
-from deepgaze_jax.model import init_backbone
+from deepgaze_jax.backbones import init_backbone
 from tests.torch_reference import MEAN, STD, named_features
 from weights_convert import convert_torchvision
 

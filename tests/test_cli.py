@@ -45,7 +45,8 @@ def test_help_lists_every_subcommand_and_each_has_help(capsys):
 
 
 @pytest.mark.parametrize("argv", [[], ["frobnicate"], ["predict", "--batch-size", "0"], ["serve", "--port", "x"],
-                                  ["convert", "nonsense"]])
+                                  ["convert", "nonsense"], ["serve", "--header-timeout", "nan"],
+                                  ["serve", "--body-timeout", "0"], ["serve", "--header-timeout", "-1"]])
 def test_usage_errors_exit_with_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)

@@ -12,7 +12,8 @@ from deepgaze_jax import feature_cache
 from deepgaze_jax import input_pipeline as P
 from deepgaze_jax import train as T
 from deepgaze_jax.config import TrainConfig
-from deepgaze_jax.model import deepgaze1, init_backbone
+from deepgaze_jax.backbones import init_backbone
+from deepgaze_jax.model import deepgaze1
 from tests.test_train import CONFIG, centerbias, synthetic
 
 

@@ -360,7 +360,8 @@ def test_concurrent_load_on_loopback(server):
 def test_the_serve_command_serves_until_stopped(predictor_file):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "deepgaze_jax.cli", "serve", "--heads", str(predictor_file),
-                                "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                "--port", "0", "--header-timeout", "7"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline, url = time.monotonic() + 240, None
         while url is None and time.monotonic() < deadline and process.poll() is None:
@@ -369,6 +370,7 @@ def test_the_serve_command_serves_until_stopped(predictor_file):
         assert url, f"no 'serving on' line; stderr: {process.stderr.read() if process.poll() is not None else ''}"
         health = httpx.get(url + "health", timeout=60).json()
         assert health["status"] == "ok" and health["model"] == str(predictor_file)
+        assert health["header_timeout_s"] == 7 and health["body_timeout_s"] == 30
     finally:
         process.terminate()
         process.wait(timeout=60)

@@ -19,7 +19,8 @@ from deepgaze_jax import feature_cache, likelihood
 from deepgaze_jax import input_pipeline as P
 from deepgaze_jax import train as T
 from deepgaze_jax.config import TrainConfig
-from deepgaze_jax.model import deepgaze1, init_backbone
+from deepgaze_jax.backbones import init_backbone
+from deepgaze_jax.model import deepgaze1
 
 SHAPE = (64, 80)
 
