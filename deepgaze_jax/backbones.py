@@ -120,8 +120,8 @@ def pool_output_size(size: int, window: int, stride: int, ceil_mode: bool) -> in
 
 def normalize(images: jax.Array) -> jax.Array:
     """ImageNet normalisation of ``(..., 3)`` RGB images with values 0..255."""
-    mean = jnp.asarray(IMAGENET_MEAN, images.dtype)
-    std = jnp.asarray(IMAGENET_STD, images.dtype)
+    mean = jnp.asarray(IMAGENET_MEAN, images.dtype).reshape((1,) * (images.ndim - 1) + (3,))
+    std = jnp.asarray(IMAGENET_STD, images.dtype).reshape((1,) * (images.ndim - 1) + (3,))
     return (images / 255.0 - mean) / std
 
 

@@ -209,6 +209,7 @@ class _CenterBiasObjective:
 
         def per_image(args):
             m, bx, by, ue, ve = args  # kernel bins (bx, by) and exact evaluation points (ue, ve)
+            m = m.astype(c.dtype)
             gy, gx = _gauss_matrix(ve, c, bw), _gauss_matrix(ue, c, bw)  # (n, bins)
             k_all = jnp.sum((gy @ hist) * gx, axis=1)
             k_own = jnp.sum(gy[:, by] * gx[:, bx] * m[None, :], axis=1)

@@ -191,8 +191,9 @@ def _interpolate_at(grid, sizes, xs, ys, mask):
     linearly as scipy.ndimage.zoom(order=1) does (rows first, then columns, as ``_resize_one``)."""
     gh, gw = grid.shape
     iy, ix = jnp.trunc(ys), jnp.trunc(xs)
-    cy = iy * ((gh - 1) / jnp.maximum(sizes[0] - 1, 1))
-    cx = ix * ((gw - 1) / jnp.maximum(sizes[1] - 1, 1))
+    scale_y, scale_x = (gh - 1) / jnp.maximum(sizes[0] - 1, 1), (gw - 1) / jnp.maximum(sizes[1] - 1, 1)
+    common = np.promote_types(iy.dtype, scale_y.dtype)  # explicit, as strict dtype promotion needs
+    cy, cx = iy.astype(common) * scale_y.astype(common), ix.astype(common) * scale_x.astype(common)
     y0, x0 = jnp.floor(cy), jnp.floor(cx)
     wy, wx = cy - y0, cx - x0
     y0 = jnp.where(mask, jnp.minimum(y0.astype(jnp.int32), gh - 1), 0)

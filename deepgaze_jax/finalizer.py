@@ -33,8 +33,9 @@ def blur_matrix(n: int, sigma: jax.Array, max_radius: int, source_index: np.ndar
     """
     sigma = jnp.clip(sigma, 1e-3, max_radius / 3.0)
     taps = np.arange(-max_radius, max_radius + 1)
+    taps_f = taps.astype(np.float32)  # explicit: no int/float promotion (strict dtype promotion)
     radius = jnp.ceil(3.0 * sigma)
-    weights = jnp.where(np.abs(taps) <= radius, jnp.exp(-0.5 * (taps / sigma) ** 2), 0.0)
+    weights = jnp.where(np.abs(taps_f) <= radius, jnp.exp(-0.5 * (taps_f / sigma) ** 2), 0.0)
     weights = weights / weights.sum()
     source_index = np.arange(n) if source_index is None else np.asarray(source_index)
     if source_index.shape != (n,):
@@ -116,6 +117,7 @@ def saliency_grid(
     rows, cols = _coverage(out.shape[-2], height), _coverage(out.shape[-1], width)
     with np.errstate(divide="ignore"):  # a cell no output pixel reads weighs 0 (log 0 = -inf)
         log_area = (np.log(rows)[:, None] + np.log(cols)[None, :]).astype(np.float32)
+    log_area = log_area.reshape((1,) * (out.ndim - 2) + log_area.shape)
     return out - jax.nn.logsumexp(out + log_area, axis=(-2, -1), keepdims=True)
 
 

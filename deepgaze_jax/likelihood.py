@@ -61,7 +61,8 @@ def masked_mean(bits: jax.Array, mask: jax.Array) -> jax.Array:
 
     ``(..., N)`` bits and bool mask -> ``(...)``.
     """
-    return jnp.where(mask, bits, 0.0).sum(axis=-1) / jnp.maximum(mask.sum(axis=-1), 1)
+    count = jnp.maximum(mask.sum(axis=-1), 1).astype(jnp.result_type(bits))
+    return jnp.where(mask, bits, 0.0).sum(axis=-1) / count
 
 
 def _per_image(log_density: jax.Array, xs: jax.Array, ys: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -248,7 +248,8 @@ def _sim_map_kernel(log_density, initial, key, learning_rate, sigma, fixation_co
     def step(carry, k):
         s, key = carry
         key, sub = jax.random.split(key)
-        lr = learning_rate / jnp.maximum(k // steps_per_epoch, 1)  # 1/k decay per epoch, as pysaliency
+        epoch = jnp.maximum(k // steps_per_epoch, 1).astype(jnp.result_type(float))
+        lr = (learning_rate / epoch).astype(s.dtype)  # 1/k decay per epoch, as pysaliency
         empirical = _sample_empirical_maps(sub, cumulative, log_density.shape, fixation_count, batch_size, sigma, truncate)
         grad = -_expected_sim_gradient(s, empirical)
         # Projected SGD on the simplex (pysaliency's DistributionSGD): no step below zero, sum kept.

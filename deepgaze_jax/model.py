@@ -149,14 +149,14 @@ class DeepGaze:
             if self.readout_kind == "iie":
                 mean = x.mean(axis=(1, 2, 3), keepdims=True)
                 var = jnp.square(x - mean).mean(axis=(1, 2, 3), keepdims=True)
-                x = (x - mean) * jax.lax.rsqrt(var + 1e-12) * layer["norm_scale"] + layer["norm_shift"]
+                x = (x - mean) * jax.lax.rsqrt(var + 1e-12) * _channels(layer["norm_scale"]) + _channels(layer["norm_shift"])
             # The kernel enters as its (out, in) transpose behind a barrier: the gradient of the wide
             # first layer is then the dot (out, in) = g^T x, which XLA:CPU computes ~5x faster than
             # the (in, out) form it would otherwise fold the transpose into.
             kernel_t = jax.lax.optimization_barrier(layer["kernel"][0, 0].T)
             x = jnp.einsum("bhwc,dc->bhwd", x, kernel_t, precision=jax.lax.Precision.HIGHEST)
             if "bias" in layer:
-                x = x + layer["bias"]
+                x = x + _channels(layer["bias"])
             if self.readout_kind == "iie":
                 x = jax.nn.softplus(x)
             elif i < len(self.readout_channels) - 1:
@@ -231,6 +231,11 @@ class DeepGaze:
         # so it commutes with the mixture (each member's grid is already normalised for the image).
         grids = jax.vmap(self._grid, in_axes=(0, None, None))(heads, features, centerbias)
         return upsample_to_image(mixture(grids), centerbias.shape[-2:])
+
+
+def _channels(vector: jax.Array) -> jax.Array:
+    """A ``(C,)`` per-channel vector as ``(1, 1, 1, C)``, to broadcast against NHWC maps explicitly."""
+    return vector.reshape(1, 1, 1, -1)
 
 
 def mixture(log_densities: jax.Array) -> jax.Array:

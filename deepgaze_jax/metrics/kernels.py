@@ -98,8 +98,9 @@ def valid_pixels(maps: jax.Array, sizes: jax.Array) -> jax.Array:
     It needs finite values outside the image, which the canvas conventions guarantee.
     """
     _, height, width = maps.shape
-    rows = (jnp.arange(height)[None, :, None] < sizes[:, 0, None, None]).astype(maps.dtype)
-    cols = (jnp.arange(width)[None, None, :] < sizes[:, 1, None, None]).astype(maps.dtype)
+    sizes = jnp.asarray(sizes)
+    rows = (jnp.arange(height, dtype=sizes.dtype)[None, :, None] < sizes[:, 0, None, None]).astype(maps.dtype)
+    cols = (jnp.arange(width, dtype=sizes.dtype)[None, None, :] < sizes[:, 1, None, None]).astype(maps.dtype)
     return rows * cols
 
 
@@ -413,8 +414,9 @@ def _extension(positions: jax.Array, lengths: jax.Array, mode: str) -> tuple[jax
 
     positions (P,) may be negative or >= length; lengths (B,). Returns (B, P) indices and weights.
     """
-    j = positions[None, :]
-    n = lengths[:, None]
+    j, n = jnp.asarray(positions), jnp.asarray(lengths)
+    common = np.promote_types(j.dtype, n.dtype)  # explicit (strict dtype promotion)
+    j, n = j.astype(common)[None, :], n.astype(common)[:, None]
     weight = jnp.ones(j.shape, jnp.bool_) & (n > 0)
     if mode == "reflect":  # d c b a | a b c d | d c b a
         m = jnp.mod(j, 2 * n)
@@ -514,11 +516,13 @@ def _delta_profiles(positions, lengths, length: int, sigma: float, truncate: flo
     """
     kernel = gaussian_kernel_1d(sigma, truncate)
     radius = (kernel.shape[0] - 1) // 2
+    positions = jnp.asarray(positions)
+    grid = jnp.arange(length, dtype=positions.dtype)
     if mode == "constant":
-        offset = jnp.arange(length)[None, None, :] - positions[:, :, None] + radius
+        offset = grid[None, None, :] - positions[:, :, None] + radius
         inside = (offset >= 0) & (offset <= 2 * radius) & (positions[:, :, None] >= 0)
         return jnp.where(inside, jnp.asarray(kernel, dtype)[jnp.clip(offset, 0, 2 * radius)], 0)
-    deltas = (jnp.arange(length)[None, None, :] == positions[:, :, None]).astype(dtype)
+    deltas = (grid[None, None, :] == positions[:, :, None]).astype(dtype)
 
     def by_fft():
         return _blur_axis(deltas, lengths, 2, kernel, mode)
@@ -529,12 +533,13 @@ def _delta_profiles(positions, lengths, length: int, sigma: float, truncate: flo
     def closed_form():
         # scipy's weights: exp(-x^2 / (2 sigma^2)), normalised by their sum over the truncated support.
         scale, norm = -0.5 / float(sigma) ** 2, float(np.exp(-0.5 / float(sigma) ** 2 * np.arange(-radius, radius + 1.0) ** 2).sum())
-        y = jnp.arange(length)[None, None, :]
+        y = grid[None, None, :]
         i = positions[:, :, None]
+        n = jnp.asarray(lengths).astype(positions.dtype)[:, None, None]
         out = jnp.zeros(deltas.shape, dtype)
-        for offset in (i - y, -1 - i - y, 2 * lengths[:, None, None] - 1 - i - y):  # x[i], x[-1-i], x[2L-1-i]
+        for offset in (i - y, -1 - i - y, 2 * n - 1 - i - y):  # x[i], x[-1-i], x[2L-1-i]
             out = out + jnp.where(jnp.abs(offset) <= radius, jnp.exp(scale * (offset * offset).astype(dtype)), 0)
-        return out * (positions[:, :, None] >= 0) / norm
+        return out * (positions[:, :, None] >= 0).astype(dtype) / norm
 
     return jax.lax.cond(jnp.all(lengths >= radius), closed_form, by_fft)
 
