@@ -8,6 +8,11 @@ absent; CI has it.
 import os
 import pathlib
 
+# Strict JAX, as equinox tests: no implicit rank promotion, no implicit dtype promotion. Set in the
+# environment before jax is imported, so that subprocesses (the CLI tests) run strict too.
+os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
+os.environ["JAX_NUMPY_DTYPE_PROMOTION"] = "strict"
+
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
