@@ -164,17 +164,22 @@ def nss(saliency_map, xs, ys, mask=None) -> np.ndarray:
         return unbatch(kernels.nss(maps, full_sizes(maps), xs, ys, mask), batched)
 
 
+def _map_pair(kernel, saliency_map, empirical_map) -> np.ndarray:
+    """A two-map kernel on validated maps of the same shape, in float64; () or (B,)."""
+    maps_1, batched = as_maps("saliency_map", saliency_map)
+    maps_2, _ = as_maps("empirical_map", empirical_map)
+    check_same_shape("saliency_map", maps_1, "empirical_map", maps_2)
+    with jax.enable_x64(True):
+        return unbatch(kernel(maps_1, maps_2, full_sizes(maps_1)), batched)
+
+
 def cc(saliency_map, empirical_map) -> np.ndarray:
     """Pearson correlation between a saliency map and an empirical map, per image.
 
     Both (H, W) or (B, H, W) of the same shape. As pysaliency: 0 when only the saliency map is constant,
     NaN when the empirical map is constant. Returns () or (B,).
     """
-    maps_1, batched = as_maps("saliency_map", saliency_map)
-    maps_2, _ = as_maps("empirical_map", empirical_map)
-    check_same_shape("saliency_map", maps_1, "empirical_map", maps_2)
-    with jax.enable_x64(True):
-        return unbatch(kernels.cc(maps_1, maps_2, full_sizes(maps_1)), batched)
+    return _map_pair(kernels.cc, saliency_map, empirical_map)
 
 
 def kl_div(saliency_map, empirical_map) -> np.ndarray:
@@ -184,11 +189,7 @@ def kl_div(saliency_map, empirical_map) -> np.ndarray:
     ``sum p_emp * log(eps + p_emp / (p_model + eps))`` with eps = 2.2204e-16. Lower is better.
     Both (H, W) or (B, H, W) of the same shape. Returns () or (B,).
     """
-    maps_1, batched = as_maps("saliency_map", saliency_map)
-    maps_2, _ = as_maps("empirical_map", empirical_map)
-    check_same_shape("saliency_map", maps_1, "empirical_map", maps_2)
-    with jax.enable_x64(True):
-        return unbatch(kernels.kl_div(maps_1, maps_2, full_sizes(maps_1)), batched)
+    return _map_pair(kernels.kl_div, saliency_map, empirical_map)
 
 
 def sim(saliency_map, empirical_map) -> np.ndarray:
@@ -196,11 +197,7 @@ def sim(saliency_map, empirical_map) -> np.ndarray:
 
     Both (H, W) or (B, H, W) of the same shape. Returns () or (B,) in [0, 1].
     """
-    maps_1, batched = as_maps("saliency_map", saliency_map)
-    maps_2, _ = as_maps("empirical_map", empirical_map)
-    check_same_shape("saliency_map", maps_1, "empirical_map", maps_2)
-    with jax.enable_x64(True):
-        return unbatch(kernels.sim(maps_1, maps_2, full_sizes(maps_1)), batched)
+    return _map_pair(kernels.sim, saliency_map, empirical_map)
 
 
 def gaussian_blur(maps, sigma: float, *, mode: BlurMode = "reflect", truncate: float = 4.0) -> np.ndarray:
