@@ -53,8 +53,10 @@ from collections.abc import Callable
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 SECTIONS = ("inference", "head", "train_cached", "train_uncached")
-MODELS = ("deepgaze1", "deepgaze2_vgg19")
-MODEL_TITLES = {"deepgaze1": "DeepGaze I (AlexNet)", "deepgaze2_vgg19": "DeepGaze II (VGG-19)"}
+MODELS = ("deepgaze1", "deepgaze2_vgg19")  # the default; deepgaze2_vgg16 (the shipped one) on request
+KNOWN_MODELS = (*MODELS, "deepgaze2_vgg16")
+MODEL_TITLES = {"deepgaze1": "DeepGaze I (AlexNet)", "deepgaze2_vgg19": "DeepGaze II (VGG-19)",
+                "deepgaze2_vgg16": "DeepGaze II (VGG-16)"}
 # Dense peak FLOP/s of GPUs by name (vendor datasheets; SXM parts): float32 (no tensor cores), TF32
 # and bfloat16 tensor cores.
 GPU_PEAKS = {
@@ -349,10 +351,10 @@ class Frameworks:
     def model(self, name: str):
         """``(our DeepGaze, torch model, our params)`` with the same random weights, built once."""
         if name not in self.built:
-            from deepgaze_jax.model import deepgaze1, deepgaze2
+            from deepgaze_jax import registry
             from tests.torch_deepgaze import build
 
-            model = deepgaze1() if name == "deepgaze1" else deepgaze2("vgg19")
+            model = registry.build(name)
             torch_model, params = build(model, seed=0, device=self.torch_device)
             params = self.jax.device_put(params, self.jax_device)
             self.built[name] = (model, torch_model, params)
@@ -760,7 +762,7 @@ def main(argv=None) -> int:
         args.target_seconds = 0.0 if args.quick else (5.0 if device == "gpu" else 8.0)
     sections = [s for s in args.sections.split(",") if s]
     models = [m for m in args.models.split(",") if m]
-    for name, chosen, known in (("section", sections, SECTIONS), ("model", models, MODELS)):
+    for name, chosen, known in (("section", sections, SECTIONS), ("model", models, KNOWN_MODELS)):
         if unknown := [c for c in chosen if c not in known]:
             log(f"unknown {name}(s) {unknown}; known: {list(known)}")
             return 2
@@ -798,10 +800,10 @@ def main(argv=None) -> int:
         "peak": {k: v for k, v in peak.items() if k != "float32_key"},
         "flops_per_image": {}, "parity": {}, "rows": [],
     }
-    from deepgaze_jax.model import deepgaze1, deepgaze2
+    from deepgaze_jax import registry
 
     for m in models:
-        description = deepgaze1() if m == "deepgaze1" else deepgaze2("vgg19")
+        description = registry.build(m)
         results["flops_per_image"][m] = model_flops(description, height, width)
         try:
             results["flops_per_image"][m]["xla"] = xla_flops(fw, m, 1)
