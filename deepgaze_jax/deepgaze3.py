@@ -319,12 +319,13 @@ def check_history(history: np.ndarray, shape: tuple[int, int], max_fixations: in
         raise ValueError(f"the history has {len(history)} fixations; this model reads at most {max_fixations}")
     if not np.isfinite(history).all():
         bad = int(np.flatnonzero(~np.isfinite(history).all(axis=1))[0])
-        raise ValueError(f"history fixation {bad} is not finite: {tuple(history[bad])}")
+        raise ValueError(f"history fixation {bad} is not finite: {tuple(history[bad].tolist())}")
     h, w = shape
     outside = (history[:, 0] < 0) | (history[:, 0] >= w) | (history[:, 1] < 0) | (history[:, 1] >= h)
     if outside.any():
         bad = int(np.flatnonzero(outside)[0])
-        raise ValueError(f"history fixation {bad} at (x, y) = {tuple(history[bad])} lies outside the {w}x{h} image")
+        raise ValueError(f"history fixation {bad} at (x, y) = {tuple(history[bad].tolist())} lies outside the "
+                         f"{w}x{h} image")
     out = np.full((max_fixations, 2), np.nan, np.float32)
     out[: len(history)] = history[::-1]
     return out
