@@ -1,4 +1,5 @@
-"""The ``deepgaze`` command: ``predict``, ``evaluate``, ``convert``, ``serve``, ``train``, ``baselines``.
+"""The ``deepgaze`` command: ``predict``, ``scanpath``, ``evaluate``, ``convert``, ``serve``, ``train``,
+``baselines``.
 
 Exit status: 0 success, 1 a runtime failure (an unreadable image, a missing weights file; with several
 images the others are still processed), 2 a usage error (argparse). Expected errors are one line on
@@ -22,6 +23,8 @@ from deepgaze_jax import registry
 #: Shipped predictor names (``deepgaze_jax/assets/<name>.safetensors``) and trainable models, from the registry.
 MODELS = registry.SHIPPED
 TRAINABLE = registry.TRAINABLE
+#: The scanpath model ``deepgaze scanpath`` uses without ``--heads`` (``deepgaze_jax/assets/<name>.safetensors``).
+SCANPATH_MODEL = "deepgaze3_vgg16"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 #: Images, and pixels, read ahead of prediction at most (bounds memory on large folders and images).
 CHUNK = 64
@@ -87,11 +90,19 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", choices=MODELS, default="deepgaze1", help="shipped predictor (default: deepgaze1)")
-    p.add_argument("--heads", type=pathlib.Path, default=None,
-                   help="a predictor file (trained heads + center bias, from save_predictor_heads) used "
-                        "instead of the shipped one")
+def _add_model_options(p: argparse.ArgumentParser, scanpath: bool = False) -> None:
+    """``--model``, ``--heads``, ``--backbone``, ``--centerbias``; a scanpath command (``scanpath``) has
+    no ``--model``: its one model is the shipped :data:`SCANPATH_MODEL` or ``--heads``."""
+    if scanpath:
+        p.add_argument("--heads", type=pathlib.Path, default=None,
+                       help=f"a DeepGaze III predictor file (trained heads + center bias, from "
+                            f"save_predictor_heads); default: the shipped {SCANPATH_MODEL} where it ships")
+    else:
+        p.add_argument("--model", choices=MODELS, default="deepgaze1", help="shipped predictor (default: deepgaze1)")
+        p.add_argument("--heads", type=pathlib.Path, default=None,
+                       help="a predictor file (trained heads + center bias, from save_predictor_heads) used "
+                            "instead of the shipped one; a DeepGaze III (scanpath) file predicts the first "
+                            "fixation, or the next one after --history where the command has it")
     p.add_argument("--backbone", type=pathlib.Path, default=None,
                    help="backbone weights (.safetensors or torchvision .pth) instead of the bundled ones")
     p.add_argument("--centerbias", default=None, metavar="mit1003|osie|uniform|FILE",
@@ -101,15 +112,40 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "shipped predictors)")
 
 
-def _load_predictor(args: argparse.Namespace):
+def _load_predictor(args: argparse.Namespace, kind: str | None = "static"):
+    """The predictor the options name. ``kind``: ``"static"``, ``"scanpath"`` or None (either); a file
+    of the other kind raises :class:`~deepgaze_jax.predict.ModelKindError` (a usage error, exit 2)."""
     from deepgaze_jax.predict import load_predictor
 
+    name = getattr(args, "model", SCANPATH_MODEL)
     try:
-        return load_predictor(args.model, args.heads, args.backbone, args.centerbias)
+        return load_predictor(name, args.heads, args.backbone, args.centerbias, kind=kind)
     except FileNotFoundError as e:
+        if args.heads is None and kind == "scanpath":
+            raise FileNotFoundError(f"no DeepGaze III scanpath model ships yet (no {name}.safetensors in "
+                                    f"deepgaze_jax/assets); pass a DeepGaze III predictor file with --heads PATH") from None
         if args.heads is None:
             raise FileNotFoundError(f"{e}; pass a predictor file with --heads PATH") from None
         raise
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    return str(args.heads) if args.heads else getattr(args, "model", SCANPATH_MODEL)
+
+
+def parse_points(text: str, option: str):
+    """``"x1,y1,x2,y2,..."`` -> ``(n, 2)`` float64 pixels; ValueError naming ``option`` for anything but
+    an even count of numbers (NaN and infinities pass: the caller's checks name them)."""
+    import numpy as np
+
+    parts = [part.strip() for part in text.split(",")] if text.strip() else []
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: not a comma-separated list of numbers x1,y1,x2,y2,...") from None
+    if len(values) % 2:
+        raise ValueError(f"{option} {text!r}: {len(values)} numbers; expected x,y pairs (an even count)")
+    return np.asarray(values, np.float64).reshape(-1, 2)
 
 
 # --- predict ---------------------------------------------------------------------------------------
@@ -140,6 +176,11 @@ def _add_predict(sub) -> None:
     p.add_argument("--no-png", action="store_true", help="write only the .npy files")
     p.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
                    help=f"refuse images of more pixels than this, before decoding them (default {MAX_PIXELS})")
+    p.add_argument("--history", default=None, metavar="X1,Y1,X2,Y2,...",
+                   help="with a DeepGaze III scanpath model (--heads): the fixations made so far, oldest first, "
+                        "in pixels of each image (0-based; at most as many as the model reads, 4 for "
+                        "DeepGaze III); predicts the density of the next fixation. Without it a scanpath "
+                        "model predicts the first fixation")
     p.set_defaults(func=_predict)
 
 
@@ -203,7 +244,18 @@ def _predict(args: argparse.Namespace) -> int:
 
     from deepgaze_jax.images import load_image
 
-    failures = 0
+    from deepgaze_jax import predict
+    from deepgaze_jax.deepgaze3 import check_history
+
+    points = None
+    if args.history is not None:
+        try:
+            points = parse_points(args.history, "--history")
+            check_history(points, (np.inf, np.inf), len(points))  # NaN and infinities, before any loading
+        except ValueError as e:
+            error(e if str(e).startswith("--history") else f"--history {args.history!r}: {e}")
+            return 2
+    failures = bad_history = 0
     if args.images:
         paths, problems = expand_inputs(args.images)
         for problem in problems:
@@ -218,11 +270,20 @@ def _predict(args: argparse.Namespace) -> int:
         error(f"--out {args.out}: is a file, not a folder; give a folder for the outputs")
         return 1
     try:
-        predictor = _load_predictor(args)
+        predictor = _load_predictor(args, kind=None)
         args.out.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as e:
         error(e)
         return 1
+    if points is not None:
+        if not isinstance(predictor, predict.ScanpathPredictor):
+            error(f"--history needs a scanpath model (DeepGaze III, from --heads FILE); {_model_name(args)} holds "
+                  f"{predict.describe(predictor.model)}")
+            return 2
+        if len(points) > predictor.history:
+            error(f"--history {args.history!r}: {len(points)} fixations; {_model_name(args)} reads at most "
+                  f"{predictor.history}")
+            return 2
 
     inputs = _file_ids(paths)
     stems = _output_stems(paths)
@@ -236,18 +297,38 @@ def _predict(args: argparse.Namespace) -> int:
             failures += 1
             bar.update(1)
 
+        def histories(batch: list[int]) -> tuple[list[int], np.ndarray | None]:
+            """The images of ``batch`` inside which --history lies, and their ``(B, K, 2)`` histories."""
+            nonlocal bad_history
+            if points is None:
+                return batch, None
+            kept, out = [], []
+            for i in batch:
+                try:
+                    out.append(check_history(points, images[i].shape[:2], predictor.history))
+                    kept.append(i)
+                except ValueError as e:
+                    bad_history += 1
+                    fail(paths[i], ValueError(f"--history: {e}"))
+            return kept, np.stack(out) if out else None
+
         def predict_chunk(images: dict[int, np.ndarray]) -> None:
             nonlocal written
             for batch in _batches(images, args.batch_size):
+                batch, history = histories(batch)
+                if not batch:
+                    continue
                 try:
-                    densities = np.asarray(predictor.log_density(np.stack([images[i] for i in batch])))
+                    stacked = np.stack([images[i] for i in batch])
+                    densities = np.asarray(predictor.log_density(stacked) if history is None
+                                           else predictor.log_density(stacked, history))
                 except Exception as e:  # too small for the backbone; out of memory
                     for i in batch:
                         fail(paths[i], e)
                     continue
                 for i, density in zip(batch, densities):
                     try:
-                        outputs = _write_outputs(args, stems[i], paths[i], images[i], density, inputs)
+                        outputs = _write_outputs(args, stems[i], paths[i], images[i], density, inputs, points)
                     except Exception as e:
                         fail(paths[i], e)
                         continue
@@ -272,7 +353,7 @@ def _predict(args: argparse.Namespace) -> int:
                 predict_chunk(images)
                 images, pixels = {}, 0
     print(printable(f"wrote {written} prediction(s) to {args.out}/" + (f"; {failures} failed" if failures else "")))
-    return 1 if failures else 0
+    return 2 if bad_history else 1 if failures else 0
 
 
 def _describe(e: BaseException) -> str:
@@ -307,8 +388,9 @@ def _check_not_an_input(path: pathlib.Path, inputs: set[tuple[int, int]]) -> Non
 
 
 def _write_outputs(args, stem: str, source: pathlib.Path, image, density,
-                   inputs: set[tuple[int, int]]) -> list[pathlib.Path]:
-    """Write ``<stem>.npy`` (and the ``.png``): outputs of an earlier run are replaced, an input never."""
+                   inputs: set[tuple[int, int]], history=None) -> list[pathlib.Path]:
+    """Write ``<stem>.npy`` (and the ``.png``, with the ``(n, 2)`` ``history`` fixations drawn where
+    given): outputs of an earlier run are replaced, an input never."""
     import numpy as np
 
     from deepgaze_jax import plotting
@@ -317,10 +399,141 @@ def _write_outputs(args, stem: str, source: pathlib.Path, image, density,
     for path in outputs:
         _check_not_an_input(path, inputs)
     # The picture is drawn before anything is written, so a drawing failure leaves no half result.
-    png = None if args.no_png else plotting.prediction_png(image, density, title=source.name)
+    # Fixations at x in [j, j + 1) are drawn on pixel j, which matplotlib centres on j.
+    xs, ys = (None, None) if history is None else (history[:, 0] - 0.5, history[:, 1] - 0.5)
+    title = source.name if history is None else f"{source.name}: the next fixation after {len(history)}"
+    png = None if args.no_png else plotting.prediction_png(image, density, xs, ys, title=title)
     np.save(outputs[0], density.astype(np.float32, copy=False))
     if png is not None:
         outputs[1].write_bytes(png)
+    return outputs
+
+# --- scanpath --------------------------------------------------------------------------------------
+
+
+def _add_scanpath(sub) -> None:
+    from deepgaze_jax.images import MAX_PIXELS
+
+    p = sub.add_parser(
+        "scanpath", help="sample scanpaths (sequences of fixations) from a DeepGaze III model",
+        description="Sample scanpaths from a DeepGaze III scanpath model: the first fixation from the model's "
+                    "density for the image (or --start), each next one from the density of the next fixation "
+                    "given the scanpath so far (the model reads the last 4). Writes <name>_scanpaths.json "
+                    "(every scanpath's (x, y) pixel coordinates, 0-based, with the seed, the model and the "
+                    "image size) and <name>_scanpaths.png (the first 10 drawn over the image, fixations "
+                    "numbered and joined by arrows) per image. The same --seed gives the same scanpaths. "
+                    "Without an image it uses matplotlib's sample photograph of Grace Hopper.",
+    )
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files, folders (their images) or globs")
+    p.add_argument("--n", type=_positive_int, default=10, help="scanpaths per image (default 10)")
+    p.add_argument("--length", type=_positive_int, default=8, help="fixations per scanpath (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, 0..4294967295 (default 0)")
+    p.add_argument("--start", default=None, metavar="X,Y",
+                   help="the first fixation of every scanpath, pixels of the image (default: drawn from the "
+                        "model's density)")
+    _add_model_options(p, scanpath=True)
+    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("deepgaze-scanpaths"),
+                   help="output folder (default: ./deepgaze-scanpaths); files there from an earlier run are "
+                        "replaced, an input file never is")
+    p.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
+                   help=f"refuse images of more pixels than this, before decoding them (default {MAX_PIXELS})")
+    p.set_defaults(func=_scanpath)
+
+
+def _scanpath(args: argparse.Namespace) -> int:
+    import math
+
+    from deepgaze_jax.images import load_image
+    from deepgaze_jax.predict import ModelKindError
+    from deepgaze_jax.sampling import MAX_SEED
+
+    start = None
+    try:
+        if args.start is not None:
+            start = parse_points(args.start, "--start")
+            if start.shape != (1, 2):
+                raise ValueError(f"--start {args.start!r}: expected one fixation X,Y, got {len(start)}")
+            start = tuple(float(v) for v in start[0])
+            if not all(math.isfinite(v) for v in start):
+                raise ValueError(f"--start {args.start!r}: not a finite position")
+        if not 0 <= args.seed <= MAX_SEED:
+            raise ValueError(f"--seed {args.seed}: must lie in 0..{MAX_SEED}")
+    except ValueError as e:
+        error(e)
+        return 2
+    failures = usage = 0
+    if args.images:
+        paths, problems = expand_inputs(args.images)
+        for problem in problems:
+            error(problem)
+        failures += len(problems)
+    else:
+        paths = [sample_image()]
+        print(f"no image given: sampling on matplotlib's sample photograph {paths[0]}")
+    if not paths:
+        return 1
+    if args.out.exists() and not args.out.is_dir():
+        error(f"--out {args.out}: is a file, not a folder; give a folder for the outputs")
+        return 1
+    try:
+        predictor = _load_predictor(args, kind="scanpath")
+        args.out.mkdir(parents=True, exist_ok=True)
+    except ModelKindError as e:
+        error(f"{e}; deepgaze scanpath needs a DeepGaze III predictor file (--heads)")
+        return 2
+    except (OSError, ValueError) as e:
+        error(e)
+        return 1
+    inputs = _file_ids(paths)
+    written = 0
+    for path, stem in zip(paths, _output_stems(paths)):
+        try:
+            image = load_image(path, max_pixels=args.max_pixels)
+            height, width = image.shape[:2]
+            if start is not None and not (0 <= start[0] < width and 0 <= start[1] < height):
+                usage += 1
+                raise ValueError(f"--start {args.start!r} lies outside the {width}x{height} image "
+                                 f"(0 <= x < {width}, 0 <= y < {height})")
+            outputs = _write_scanpaths(args, predictor, stem, path, image, start, inputs)
+        except Exception as e:
+            text = str(e)  # an ImageError names the file already
+            error(text if text.startswith(str(path)) else f"{path}: {_describe(e)}")
+            failures += 1
+            continue
+        written += 1
+        print(printable(f"{path} -> {', '.join(map(str, outputs))}"))
+    print(printable(f"wrote {written} scanpath file(s) to {args.out}/" + (f"; {failures} failed" if failures else "")))
+    return 2 if usage else 1 if failures else 0
+
+
+def _write_scanpaths(args, predictor, stem: str, source: pathlib.Path, image, start,
+                     inputs: set[tuple[int, int]]) -> list[pathlib.Path]:
+    """Sample ``args.n`` scanpaths on ``image`` and write ``<stem>_scanpaths.json`` and ``.png``."""
+    import json
+
+    import numpy as np
+
+    from deepgaze_jax import plotting
+    from deepgaze_jax.sampling import sample_scanpaths
+
+    outputs = [args.out / f"{stem}_scanpaths.json", args.out / f"{stem}_scanpaths.png"]
+    for path in outputs:
+        _check_not_an_input(path, inputs)
+    paths = sample_scanpaths(predictor, predictor.features(image), args.n, args.length, args.seed, start)
+    height, width = image.shape[:2]
+    doc = {
+        "image": printable(source), "width": width, "height": height, "model": printable(_model_name(args)),
+        "members": predictor.members, "history": predictor.history,
+        "centerbias": args.centerbias or "stored with the heads", "seed": args.seed, "n": args.n,
+        "length": args.length, "start": list(start) if start is not None else None,
+        "coordinates": "(x, y) pixels of the image, 0-based: pixel j covers [j, j + 1); scanpaths[i][t] is "
+                       "fixation t of scanpath i",
+        # float32 values as their shortest decimal, which reads back as the same float32
+        "scanpaths": [[[float(str(v)) for v in point] for point in path] for path in paths.astype(np.float32)],
+    }
+    png = plotting.scanpath_png(image, paths, title=f"{source.name}, seed {args.seed}")  # before writing
+    outputs[0].write_text(json.dumps(doc) + "\n", encoding="utf-8")
+    outputs[1].write_bytes(png)
     return outputs
 
 
@@ -389,12 +602,14 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as e:
         error(f"cannot serve on {args.host}:{args.port} ({e.strerror or e})")
         return 1
+    from deepgaze_jax.predict import ModelKindError
+
     try:
         predictor = _load_predictor(args)
     except (OSError, ValueError) as e:
         sock.close()
-        error(e)
-        return 1
+        error(f"{e}; deepgaze serve serves static models" if isinstance(e, ModelKindError) else e)
+        return 2 if isinstance(e, ModelKindError) else 1
     name = str(args.heads) if args.heads else args.model
     print(f"compiling {name} (warm-up) ...", flush=True)
     app = serve.create_app(predictor, name=name, max_upload_bytes=int(args.max_upload_mb * 2**20),
@@ -568,9 +783,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from deepgaze_jax import data as data_lib
     from deepgaze_jax.evaluation import evaluate
 
+    from deepgaze_jax.predict import ModelKindError
+
     quiet_data_loading()
     try:
         predictor = _load_predictor(args)
+    except ModelKindError as e:
+        error(f"{e}; deepgaze evaluate scores static models")
+        return 2
+    except (OSError, ValueError) as e:
+        error(e)
+        return 1
+    try:
         if args.mit1003 is not None:
             dataset = data_lib.load_mit1003(args.mit1003, args.config, data_dir=args.cache / "tfds")
         else:
@@ -675,7 +899,7 @@ def _baselines(args: argparse.Namespace) -> int:
 
 # --- main ------------------------------------------------------------------------------------------
 
-COMMANDS: tuple[Callable, ...] = (_add_predict, _add_evaluate, _add_convert, _add_serve, _add_train, _add_baselines)
+COMMANDS: tuple[Callable, ...] = (_add_predict, _add_scanpath, _add_evaluate, _add_convert, _add_serve, _add_train, _add_baselines)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -155,6 +155,64 @@ def prediction_png(image: np.ndarray, log_density: np.ndarray, xs: Sequence[floa
     return _png_bytes(fig)
 
 
+#: Most scanpaths drawn in one picture (the rest are in the JSON): more would hide the image.
+MAX_SCANPATHS_DRAWN = 10
+
+
+def draw_scanpaths(ax, image: np.ndarray, scanpaths: np.ndarray, max_paths: int = MAX_SCANPATHS_DRAWN) -> int:
+    """Draw ``image`` and the first ``max_paths`` scanpaths over it on a matplotlib axis: each in its own
+    colour (matplotlib's ``tab10``, repeated beyond 10), its fixations numbered from 1 in order and
+    joined by arrows. ``scanpaths``: ``(n, length, 2)`` float ``(x, y)`` pixels of the image, pixel ``j``
+    covering ``[j, j + 1)`` (:mod:`deepgaze_jax.sampling`). Returns how many were drawn."""
+    from matplotlib import colormaps
+
+    image = np.asarray(image)
+    paths = np.asarray(scanpaths, np.float64)
+    if paths.ndim != 3 or paths.shape[-1] != 2:
+        raise ValueError(f"scanpaths must have shape (n, length, 2), got {paths.shape}")
+    height, width = image.shape[:2]
+    # Drawn as matplotlib draws pixels: pixel j is centred on j, so a point at x (in [j, j + 1)) sits
+    # at x - 0.5. Images with a side over DRAW_MAX_SIDE are drawn shrunk, the coordinates with them.
+    k = math.ceil(max(height, width) / DRAW_MAX_SIDE)
+    shrunk = np.asarray(Image.fromarray(np.asarray(image, np.uint8)).reduce(k)) if k > 1 else image
+    points = paths / k - 0.5
+    ax.imshow(shrunk, interpolation="antialiased")
+    colours = colormaps["tab10"].colors
+    drawn = min(len(paths), max_paths)
+    size = 8 if paths.shape[1] < 10 else 7
+    outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]
+    for i in range(drawn):
+        colour = colours[i % len(colours)]
+        for a, b in zip(points[i, :-1], points[i, 1:]):
+            ax.annotate("", xy=b, xytext=a, zorder=2,
+                        arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.6, shrinkA=7, shrinkB=7,
+                                        mutation_scale=11, path_effects=outline))
+        for t, (x, y) in enumerate(points[i]):
+            ax.text(x, y, str(t + 1), color="white", fontsize=size, fontweight="bold", ha="center", va="center",
+                    zorder=3, bbox=dict(boxstyle="circle,pad=0.25", facecolor=colour, edgecolor="black", lw=0.6))
+    ax.set_xlim(-0.5, shrunk.shape[1] - 0.5)
+    ax.set_ylim(shrunk.shape[0] - 0.5, -0.5)
+    ax.set_axis_off()
+    return drawn
+
+
+def scanpath_png(image: np.ndarray, scanpaths: np.ndarray, title: str | None = None,
+                 max_paths: int = MAX_SCANPATHS_DRAWN) -> bytes:
+    """PNG bytes of :func:`draw_scanpaths` (about 900 pixels wide), titled with ``title`` (a file name
+    may hold undecodable bytes, drawn as ``\\xff``) and how many of the scanpaths are shown."""
+    height, width = np.shape(image)[:2]
+    panel = 8.0
+    fig = Figure(figsize=(panel, panel * height / width + 0.6), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    drawn = draw_scanpaths(ax, image, scanpaths, max_paths)
+    n, length = np.shape(scanpaths)[:2]
+    shown = f"{n} scanpath{'s' if n != 1 else ''}" if drawn == n else f"the first {drawn} of {n} scanpaths"
+    ax.set_title(f"{shown} of {length} fixation{'s' if length != 1 else ''}, numbered in order", fontsize=9)
+    if title:
+        fig.suptitle(printable(title), fontsize=10)
+    return _png_bytes(fig)
+
+
 def save_training_curves(path: str | os.PathLike, history: Sequence[Mapping[str, float]],
                          x_key: str = "epoch", title: str | None = None) -> None:
     """Save a PNG of per-epoch metrics, one panel per metric.
