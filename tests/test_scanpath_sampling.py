@@ -168,6 +168,18 @@ def test_a_spatial_model_reads_no_history(tmp_path):
 # --- sampling --------------------------------------------------------------------------------------
 
 
+def test_the_samplers_member_map_is_the_models(predictor, features):
+    # The sampler builds one member's map from the member's priority map (once per image) on; it must
+    # stay what DeepGazeIII._grid computes.
+    model, hist = predictor.model, jnp.asarray(some_histories())
+    for m in range(predictor.members):
+        head = jax.tree.map(lambda x, m=m: x[m], predictor.heads)
+        priority = model.priority(head, features.features, features.shape)[0]
+        ours = jax.vmap(lambda h: sampling._member_grid(model, head, priority, features.centerbias, h))(hist)
+        theirs = model._grid(head, features.features, features.centerbias, hist[None])[0]
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=ATOL)
+
+
 def test_cell_blocks_by_hand():
     # 5 pixels read 2 cells as 0, 0, 0, 1, 1 (PyTorch's nearest rule: floor(i * 2 / 5)); 4 read 4 as 0..3.
     row_start, row_count, col_start, col_count = sampling.cell_blocks((2, 4), (5, 4))
