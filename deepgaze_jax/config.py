@@ -50,6 +50,11 @@ class TrainConfig:
         total weight).
       source_weights: a further factor per source (source 0 first; empty: all 1), e.g. ``(1.0, 0.5)``
         to count the second dataset half.
+      frozen: head parameters that training leaves as they start, as ``/``-joined path prefixes of the
+        head pytree (e.g. ``"saliency/conv0"``: DeepGaze III's scanpath phase keeps the first two layers
+        of its saliency network).
+      max_fixations: a scanpath model's fixations per batch item: an image's fixations are split into
+        items of at most this many, which share its features (0: one item per image).
     """
 
     model: str = "deepgaze1"
@@ -68,6 +73,8 @@ class TrainConfig:
     flip: bool = False
     weighting: str = "image"
     source_weights: tuple[float, ...] = ()
+    frozen: tuple[str, ...] = ()
+    max_fixations: int = 0
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -98,6 +105,10 @@ class TrainConfig:
             raise ValueError(f"config: weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"config: dropout must be in [0, 1), got {self.dropout}")
+        if self.max_fixations < 0:
+            raise ValueError(f"config: max_fixations must be >= 0, got {self.max_fixations}")
+        if any(not p or p.startswith("/") for p in self.frozen):
+            raise ValueError(f"config: frozen must hold head parameter paths like 'saliency/conv0', got {list(self.frozen)}")
         if not 0 < self.learning_rate <= 1:
             raise ValueError(f"config: learning_rate must be in (0, 1], got {self.learning_rate}")
 
@@ -131,11 +142,11 @@ def _coerce(key: str, value, hint):
     origin = typing.get_origin(hint)
     if origin is tuple:
         item = typing.get_args(hint)[0]
-        ok = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if item is int else (
-            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+        ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+              str: lambda v: isinstance(v, str)}.get(item, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
         if not isinstance(value, (list, tuple)) or not all(ok(v) for v in value):
-            raise ValueError(f"config: {key} must be a list of {'integers' if item is int else 'numbers'}, "
-                             f"got {value!r}")
+            what = {int: "integers", str: "strings"}.get(item, "numbers")
+            raise ValueError(f"config: {key} must be a list of {what}, got {value!r}")
         return tuple(item(v) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

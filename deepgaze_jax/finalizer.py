@@ -114,14 +114,14 @@ def saliency_grid(
         index.append(nearest_indices(n_in, n_mid)[nearest_indices(n_mid, n_out)])
     out = upsample_blur(readout, sigma, max_blur_radius, *index)
     out = out + center_bias_weight * small_cb
-    rows, cols = _coverage(out.shape[-2], height), _coverage(out.shape[-1], width)
+    rows, cols = coverage(out.shape[-2], height), coverage(out.shape[-1], width)
     with np.errstate(divide="ignore"):  # a cell no output pixel reads weighs 0 (log 0 = -inf)
         log_area = (np.log(rows)[:, None] + np.log(cols)[None, :]).astype(np.float32)
     log_area = log_area.reshape((1,) * (out.ndim - 2) + log_area.shape)
     return out - jax.nn.logsumexp(out + log_area, axis=(-2, -1), keepdims=True)
 
 
-def _coverage(n_small: int, n_full: int) -> np.ndarray:
+def coverage(n_small: int, n_full: int) -> np.ndarray:
     """How many of the ``n_full`` output pixels read each of the ``n_small`` grid cells."""
     return np.bincount(nearest_indices(n_small, n_full), minlength=n_small).astype(np.float64)
 

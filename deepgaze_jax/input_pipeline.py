@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -31,6 +32,10 @@ class FixationSet:
       sources: per image the index of the dataset it comes from (None: all from source 0); each
         source has its own center bias in training and evaluation, and images of different
         sources never share a batch.
+      histories: per image the ``(n_i, K, 2)`` history of each fixation (a scanpath model's input:
+        :mod:`deepgaze_jax.data.scanpaths`), or None for a static model.
+      images: per item the image it holds fixations of, where an image's fixations are split over
+        several items (:meth:`split`); None: item i is image i.
     """
 
     features: list[np.ndarray]
@@ -40,6 +45,8 @@ class FixationSet:
     max_fixations: int
     flipped: list[np.ndarray] | None = None
     sources: list[int] | None = None
+    histories: list[np.ndarray] | None = None
+    images: list[int] | None = None
 
     def __post_init__(self):
         counts = {len(self.features), len(self.shapes), len(self.xs), len(self.ys)}
@@ -58,6 +65,15 @@ class FixationSet:
             for i, (f, g) in enumerate(zip(self.features, self.flipped)):
                 if f.shape != g.shape:
                     raise ValueError(f"image {i}: flipped features {g.shape} differ from features {f.shape}")
+        if self.histories is not None:
+            if self.flipped is not None:
+                raise ValueError("flip augmentation is not supported with histories")
+            if len(self.histories) != len(self.xs):
+                raise ValueError(f"{len(self.histories)} histories for {len(self.xs)} images")
+            for i, (x, hist) in enumerate(zip(self.xs, self.histories)):
+                if hist.ndim != 3 or hist.shape[0] != len(x) or hist.shape[2] != 2:
+                    raise ValueError(f"image {i}: histories of shape {hist.shape} for {len(x)} fixations; "
+                                     "expected (n, K, 2)")
         for i, (x, y, (h, w)) in enumerate(zip(self.xs, self.ys, self.shapes)):
             if x.shape != y.shape:
                 raise ValueError(f"image {i}: xs {x.shape} and ys {y.shape} differ")
@@ -95,24 +111,80 @@ class FixationSet:
 
     @classmethod
     def from_dataset(cls, dataset, features: Sequence[np.ndarray], max_fixations: int | None = None,
-                     flipped: Sequence[np.ndarray] | None = None) -> FixationSet:
+                     flipped: Sequence[np.ndarray] | None = None, histories: np.ndarray | None = None) -> FixationSet:
         """From a :class:`deepgaze_jax.data.FixationDataset` and its cached features (same order; those of
         the mirrored images too, for flip augmentation); each image's fixations in the order of the
-        dataset's fixation table. Raises ValueError if a fixation lies outside its image."""
+        dataset's fixation table, with their rows of ``histories`` (``(F, K, 2)``, aligned with the
+        table) where given. Raises ValueError if a fixation lies outside its image."""
         from deepgaze_jax.data import check_inside, rows_by_image
 
         check_inside(dataset)
         rows = rows_by_image(dataset)
         f = dataset.fixations
+        if histories is not None and len(histories) != len(f):
+            raise ValueError(f"{len(histories)} histories for {len(f)} fixations")
         longest = max(len(r) for r in rows)
         return cls(list(features), [tuple(int(v) for v in s) for s in dataset.sizes],
                    [f.x[r] for r in rows], [f.y[r] for r in rows], max_fixations or longest,
-                   None if flipped is None else list(flipped))
+                   None if flipped is None else list(flipped),
+                   histories=None if histories is None else [histories[r] for r in rows])
+
+    def image_of(self, i: int) -> int:
+        """The image of item ``i``."""
+        return i if self.images is None else int(self.images[i])
+
+    @property
+    def image_count(self) -> int:
+        return len(self) if self.images is None else max(self.images, default=-1) + 1
 
     def subset(self, indices: Sequence[int]) -> FixationSet:
+        """The images ``indices`` (all their items, where split), renumbered 0..len-1 in that order."""
+        if self.images is not None:
+            items = [[j for j in range(len(self)) if self.images[j] == i] for i in indices]
+            flat = [j for group in items for j in group]
+            return dataclasses.replace(self.unsplit_view(flat), images=[k for k, g in enumerate(items) for _ in g])
+        return self.unsplit_view(list(indices))
+
+    def unsplit_view(self, indices: Sequence[int]) -> FixationSet:
+        """The items ``indices`` as a fixation set of their own (item i of it is image i)."""
         pick = lambda items: None if items is None else [items[i] for i in indices]  # noqa: E731
         return FixationSet(pick(self.features), pick(self.shapes), pick(self.xs), pick(self.ys), self.max_fixations,
-                           pick(self.flipped), pick(self.sources))
+                           pick(self.flipped), pick(self.sources), pick(self.histories))
+
+    def split(self, max_fixations: int) -> FixationSet:
+        """Each image's fixations in items of at most ``max_fixations`` (as equal as possible) that
+        share its features (no copy): a scanpath model computes one map per fixation, so padding every
+        image to the longest one would waste the difference. Per-image results are the items' joined
+        in order (:meth:`per_image`)."""
+        if self.images is not None:
+            raise ValueError("this fixation set is split already")
+        items: dict[str, list] = {k: [] for k in ("features", "shapes", "xs", "ys", "flipped", "sources",
+                                                  "histories", "images")}
+        for i in range(len(self)):
+            n = len(self.xs[i])
+            parts = max(1, math.ceil(n / max_fixations))
+            for chunk in np.array_split(np.arange(n), parts):
+                items["features"].append(self.features[i])
+                items["shapes"].append(self.shapes[i])
+                items["xs"].append(self.xs[i][chunk])
+                items["ys"].append(self.ys[i][chunk])
+                items["flipped"].append(None if self.flipped is None else self.flipped[i])
+                items["sources"].append(self.source(i))
+                items["histories"].append(None if self.histories is None else self.histories[i][chunk])
+                items["images"].append(i)
+        return FixationSet(items["features"], items["shapes"], items["xs"], items["ys"], max_fixations,
+                           None if self.flipped is None else items["flipped"],
+                           None if self.sources is None else items["sources"],
+                           None if self.histories is None else items["histories"], items["images"])
+
+    def per_image(self, values: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per-item ``(n_item,)`` values joined into per-image ``(n_i,)`` arrays (item order)."""
+        if self.images is None:
+            return list(values)
+        out: list[list[np.ndarray]] = [[] for _ in range(self.image_count)]
+        for i, v in enumerate(values):
+            out[self.images[i]].append(v)
+        return [np.concatenate(parts) for parts in out]
 
 
 def loss_weights(data: FixationSet, weighting: str = "image", source_weights: Sequence[float] = ()) -> np.ndarray:
@@ -120,14 +192,23 @@ def loss_weights(data: FixationSet, weighting: str = "image", source_weights: Se
     over the images.
 
     ``"image"`` with a single source gives all ones (the per-image average of the log-likelihoods).
+    Where images are split into items (:meth:`FixationSet.split`), an item weighs its share of its
+    image's fixations, so that each image still weighs as one.
     """
     sources = np.array([data.source(i) for i in range(len(data))], np.int64)
+    counts = np.array([len(x) for x in data.xs], np.float64)
+    owner = np.array([data.image_of(i) for i in range(len(data))], np.int64)
+    share = counts / np.bincount(owner, weights=counts, minlength=data.image_count)[owner].clip(min=1)
+    if data.images is None:
+        share = np.ones(len(data))
     if weighting == "image":
-        w = np.ones(len(data))
+        w = share
     elif weighting == "fixation":
-        w = np.array([len(x) for x in data.xs], np.float64)
+        w = counts
     elif weighting == "dataset":
-        w = 1.0 / np.bincount(sources)[sources]
+        first = np.unique(owner, return_index=True)[1]
+        images_per_source = np.bincount(sources[first], minlength=data.source_count)
+        w = share / images_per_source[sources]
     else:
         raise ValueError(f"weighting must be 'image', 'fixation' or 'dataset', got {weighting!r}")
     if len(source_weights):
@@ -151,6 +232,7 @@ class Batch:
     flipped: bool = False  # mirrored images: their features, fixations at (W - 1 - int(x), y)
     source: int = 0  # the dataset all the batch's images come from
     loss_weight: np.ndarray | None = None  # (B,) each image's weight in the loss (0 for padding); None: weight
+    history: np.ndarray | None = None  # (B, N, K, 2) each fixation's history (NaN: missing), scanpath models
 
 
 def batches(data: FixationSet, batch_size: int, seed: int | None, epoch: int = 0,
@@ -213,6 +295,12 @@ def _make_batch(data: FixationSet, chunk: np.ndarray, batch_size: int, flipped: 
         xs[row, :k], ys[row, :k], mask[row, :k] = data.xs[i], data.ys[i], True
     if flipped:  # pixel column j -> W - 1 - j (the model reads the pixel int(x))
         xs = np.where(mask, data.shapes[chunk[0]][1] - 1 - np.floor(xs), 0).astype(np.float32)
+    history = None
+    if data.histories is not None:
+        k = data.histories[chunk[0]].shape[1]
+        history = np.full((batch_size, n, k, 2), np.nan, np.float32)
+        for row, i in enumerate(chunk):
+            history[row, : len(data.xs[i])] = data.histories[i]
     real = np.concatenate([np.ones(len(chunk), np.float32), np.zeros(pad, np.float32)])
     return Batch(
         features=np.stack([(data.flipped if flipped else data.features)[i] for i in padded]),
@@ -226,6 +314,7 @@ def _make_batch(data: FixationSet, chunk: np.ndarray, batch_size: int, flipped: 
         source=data.source(chunk[0]),
         loss_weight=None if weights is None else np.concatenate(
             [np.asarray(weights, np.float32)[chunk], np.zeros(pad, np.float32)]),
+        history=history,
     )
 
 

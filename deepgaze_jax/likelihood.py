@@ -99,23 +99,27 @@ def log_likelihood(log_density: jax.Array, xs: jax.Array, ys: jax.Array, mask: j
 
 
 def fixation_bits(model: DeepGaze, head: dict, features: jax.Array, centerbias: jax.Array,
-                  xs: jax.Array, ys: jax.Array) -> jax.Array:
+                  xs: jax.Array, ys: jax.Array, history: jax.Array | None = None) -> jax.Array:
     """``(B, N)`` log-likelihood of each fixation under ``model``'s head, bits relative to uniform.
 
     ``features``: ``(B, h, w, C)`` cached backbone features; ``centerbias``: one ``(H, W)`` log
     density (nats) shared by the batch (all its images have that size); ``xs``, ``ys``: ``(B, N)``
-    pixel coordinates. The full-size density is never built (:meth:`DeepGaze.log_density_at`).
+    pixel coordinates; ``history``: ``(B, N, K, 2)`` each fixation's history, for a scanpath model
+    (:class:`~deepgaze_jax.deepgaze3.DeepGazeIII`). The full-size density is never built
+    (``model.log_density_at``).
     """
     height, width = centerbias.shape
     cb = jnp.broadcast_to(centerbias, (features.shape[0], height, width))
-    return bits_relative_to_uniform(model.log_density_at(head, features, cb, xs, ys), height, width)
+    extra = () if history is None else (history,)
+    return bits_relative_to_uniform(model.log_density_at(head, features, cb, xs, ys, *extra), height, width)
 
 
 def per_image_log_likelihood(model: DeepGaze, head: dict, features: jax.Array, centerbias: jax.Array,
-                             xs: jax.Array, ys: jax.Array, mask: jax.Array) -> jax.Array:
+                             xs: jax.Array, ys: jax.Array, mask: jax.Array,
+                             history: jax.Array | None = None) -> jax.Array:
     """``(B,)`` mean log-likelihood of each image's fixations (``mask``), bits/fixation relative to
     uniform (0 for an image without fixations); arguments as :func:`fixation_bits`."""
-    return masked_mean(fixation_bits(model, head, features, centerbias, xs, ys), mask)
+    return masked_mean(fixation_bits(model, head, features, centerbias, xs, ys, history), mask)
 
 
 def image_means(bits: Sequence[np.ndarray]) -> np.ndarray:

@@ -134,7 +134,8 @@ class DeepGaze:
         images = _check_images(images)
         net = backbones.Backbone(self.backbone, self.layers, self.ceil_mode, jnp.dtype(self.dtype))
         x = downscale_nearest(images, self.downsample)
-        outputs = [net.apply({"params": jax.lax.stop_gradient(backbone_params)}, x)[name] for name in self.layers]
+        named = net.apply({"params": jax.lax.stop_gradient(backbone_params)}, x)  # the backbone once
+        outputs = [named[name] for name in self.layers]
         if len({o.shape[1:3] for o in outputs}) > 1:
             shape = self.readout_shape(*images.shape[1:3])
             outputs = [resize_nearest(o, shape) for o in outputs]

@@ -28,11 +28,14 @@ class ModelEntry:
       factory: builds the model description (float32 backbone; imports model.py when called).
       paper: the published figure its cross-validation on MIT1003 is compared with.
       asset: file name of the shipped predictor in ``deepgaze_jax/assets``, or None where none ships.
+      kind: ``"static"`` (a density of fixations: DeepGaze I, II) or ``"scanpath"`` (the density of the
+        next fixation given the last ones: DeepGaze III, :mod:`deepgaze_jax.deepgaze3`).
     """
 
     factory: Callable[[], DeepGaze]
     paper: str
     asset: str | None = None
+    kind: str = "static"
 
 
 def _deepgaze1() -> DeepGaze:
@@ -46,6 +49,15 @@ def _deepgaze2(backbone: str, block4: bool = False, readout: str = "deepgaze2") 
         from deepgaze_jax import model
 
         return model.deepgaze2(backbone, extra_layers=model.BLOCK4_LAYERS if block4 else (), readout=readout)
+
+    return build
+
+
+def _deepgaze3(backbone: str) -> Callable[[], DeepGaze]:
+    def build():
+        from deepgaze_jax import deepgaze3
+
+        return deepgaze3.deepgaze3(backbone)
 
     return build
 
@@ -66,12 +78,22 @@ MODELS: dict[str, ModelEntry] = {
         _deepgaze2("vgg16", readout="iie"),
         "87 % explained information gain with the DeepGaze II readout, VGG-19 and SALICON pre-training "
         "(Kümmerer et al. 2016); DeepGaze IIE (its readout on other backbones) 93 % (Linardos et al. 2021)"),
+    # DeepGaze III on DeepGaze II's VGG-16 features (the reference's ships on DenseNet-201).
+    "deepgaze3_vgg16": ModelEntry(
+        _deepgaze3("vgg16"),
+        "DeepGaze III on DenseNet-201 with SALICON pre-training (Kümmerer, Bethge, Wallis 2022): the state of "
+        "the art on MIT300 scanpaths; on MIT1003 scene content weighs substantially more than the scanpath "
+        "history (its figures are in the paper, not restated here)",
+        kind="scanpath"),
 }
 
-#: Names of the trainable models (``deepgaze train --model``, ``TrainConfig.model``).
-TRAINABLE: tuple[str, ...] = tuple(MODELS)
+#: Names of the static models that ``deepgaze train`` fits by cross-validation (``TrainConfig.model``
+#: takes every name; the scanpath models train through :mod:`deepgaze_jax.scanpath_crossval`).
+TRAINABLE: tuple[str, ...] = tuple(name for name, e in MODELS.items() if e.kind == "static")
+#: Names of the scanpath models.
+SCANPATH: tuple[str, ...] = tuple(name for name, e in MODELS.items() if e.kind == "scanpath")
 #: Names of the models whose predictor ships in ``deepgaze_jax/assets`` (``deepgaze predict --model``).
-SHIPPED: tuple[str, ...] = tuple(name for name, e in MODELS.items() if e.asset is not None)
+SHIPPED: tuple[str, ...] = tuple(name for name, e in MODELS.items() if e.asset is not None and e.kind == "static")
 
 
 def entry(name: str) -> ModelEntry:
@@ -83,6 +105,15 @@ def entry(name: str) -> ModelEntry:
 
 def build(name: str, **changes) -> DeepGaze:
     """The model description of ``name``, with ``changes`` to its fields (``dataclasses.replace``),
-    e.g. ``dtype="bfloat16"`` or ``layers=...`` for a variant that reads more backbone layers."""
+    e.g. ``dtype="bfloat16"`` or ``layers=...`` for a variant that reads more backbone layers. For a
+    scanpath model, changes other than its own fields go to its static part (``spatial``)."""
     model = entry(name).factory()
-    return dataclasses.replace(model, **changes) if changes else model
+    if not changes:
+        return model
+    if entry(name).kind == "scanpath":
+        own = {f.name for f in dataclasses.fields(model)} - {"spatial"}
+        mine = {k: v for k, v in changes.items() if k in own}
+        rest = {k: v for k, v in changes.items() if k not in own}
+        spatial = dataclasses.replace(model.spatial, **rest) if rest else model.spatial
+        return dataclasses.replace(model, spatial=spatial, **mine)
+    return dataclasses.replace(model, **changes)

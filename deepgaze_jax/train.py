@@ -50,10 +50,28 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
     else:
         lr = config.learning_rate
     if config.weight_decay == 0:
-        return _standard_promotion(optax.adam(lr))
-    kernels_only = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
-        lambda path, _: path[-1] == jax.tree_util.DictKey("kernel"), params)
-    return _standard_promotion(optax.adamw(lr, weight_decay=config.weight_decay, mask=kernels_only))
+        tx = optax.adam(lr)
+    else:
+        kernels_only = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
+            lambda path, _: path[-1] == jax.tree_util.DictKey("kernel"), params)
+        tx = optax.adamw(lr, weight_decay=config.weight_decay, mask=kernels_only)
+    if config.frozen:
+        tx = optax.chain(tx, optax.masked(optax.set_to_zero(), _frozen_mask(config.frozen)))
+    return _standard_promotion(tx)
+
+
+def _frozen_mask(prefixes: Sequence[str]):
+    """The pytree mask of the head leaves under any of the ``/``-joined path ``prefixes``."""
+    wanted = [tuple(p.strip("/").split("/")) for p in prefixes]
+
+    def mask(params):
+        def frozen(path, _):
+            keys = tuple(str(getattr(k, "key", k)) for k in path)
+            return any(keys[: len(w)] == w for w in wanted)
+
+        return jax.tree_util.tree_map_with_path(frozen, params)
+
+    return mask
 
 
 def _standard_promotion(tx: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -95,21 +113,23 @@ class Evaluator:
 
         cb = jax.device_put(np.asarray(centerbias, np.float32), self.replicated)
         loss_weight = batch.weight if batch.loss_weight is None else batch.loss_weight
+        history = None if batch.history is None else shard(batch.history)
         return (shard(batch.features), cb, shard(batch.xs), shard(batch.ys), shard(batch.mask), shard(batch.weight),
-                shard(loss_weight))
+                shard(loss_weight), history)
 
     def fixation_log_likelihoods(self, head: dict, data: FixationSet,
                                  centerbias: CenterBiases, batch_size: int) -> list[np.ndarray]:
-        """Per image, the ``(n_i,)`` log-likelihood of each fixation, bits relative to uniform."""
+        """Per image, the ``(n_i,)`` log-likelihood of each fixation, bits relative to uniform (images
+        split into items joined again: :meth:`FixationSet.per_image`)."""
         out: list[np.ndarray | None] = [None] * len(data)
         head = jax.device_put(head, self.replicated)
         for batch in batches(data, _round_up(batch_size, self.mesh.size), seed=None):
-            features, cb, xs, ys, mask, _, _ = self.put_batch(batch, centerbias_of(centerbias, batch))
-            bits = np.asarray(jax.device_get(self.fixation_step(head, features, cb, xs, ys)))
+            features, cb, xs, ys, mask, _, _, history = self.put_batch(batch, centerbias_of(centerbias, batch))
+            bits = np.asarray(jax.device_get(self.fixation_step(head, features, cb, xs, ys, history)))
             for row, i in enumerate(batch.indices):
                 if i >= 0:
                     out[i] = bits[row, batch.mask[row]]
-        return out
+        return data.per_image(out)
 
     def evaluate(self, head: dict, data: FixationSet, centerbias: CenterBiases,
                  batch_size: int) -> np.ndarray:
@@ -138,9 +158,9 @@ class Trainer(Evaluator):
         state = {"params": head, "opt_state": self.optimizer.init(head), "step": jnp.zeros((), jnp.int32)}
         return jax.device_put(state, self.replicated)
 
-    def _loss(self, head, features, centerbias, xs, ys, mask, weight, loss_weight):
+    def _loss(self, head, features, centerbias, xs, ys, mask, weight, loss_weight, history=None):
         # Normalised by the count of real images, so that loss weights keep their relative size across batches.
-        ll = likelihood.per_image_log_likelihood(self.model, head, features, centerbias, xs, ys, mask)
+        ll = likelihood.per_image_log_likelihood(self.model, head, features, centerbias, xs, ys, mask, history)
         return -(ll * loss_weight).sum() / jnp.maximum(weight.sum(), 1.0)
 
     def _drop(self, features: jax.Array, step: jax.Array) -> jax.Array:
@@ -149,11 +169,11 @@ class Trainer(Evaluator):
         keep = jax.random.bernoulli(jax.random.fold_in(self.dropout_key, step), 1.0 - self.dropout, shape)
         return jnp.where(keep, features / (1.0 - self.dropout), 0.0).astype(features.dtype)
 
-    def _train_step(self, state, features, centerbias, xs, ys, mask, weight, loss_weight):
+    def _train_step(self, state, features, centerbias, xs, ys, mask, weight, loss_weight, history=None):
         if self.dropout > 0:
             features = self._drop(features, state["step"])
         loss, grads = jax.value_and_grad(self._loss)(state["params"], features, centerbias, xs, ys, mask, weight,
-                                                     loss_weight)
+                                                     loss_weight, history)
         updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
@@ -263,8 +283,8 @@ def fit(
         distributed.assert_same_everywhere(fingerprint(config, train, val), "the config or the data")
     global_batch = _round_up(config.batch_size, jax.device_count())
     steps_per_epoch = len(batches(train, global_batch, seed=config.seed, epoch=0))
-    weights = None if config.weighting == "image" and not config.source_weights else loss_weights(
-        train, config.weighting, config.source_weights)
+    weights = None if (config.weighting == "image" and not config.source_weights
+                       and train.images is None) else loss_weights(train, config.weighting, config.source_weights)
     trainer = Trainer(model, make_optimizer(config, steps_per_epoch), dropout=config.dropout,
                       dropout_channels=config.dropout_channels, seed=config.seed)
     if init_head is not None:
@@ -336,7 +356,7 @@ def fit(
                 f"turned non-finite in epoch {epoch + 1}; lower the learning rate (the last finite epoch's "
                 "checkpoint is kept, no heads are written)")
         record = {"epoch": epoch + 1, "train_ll": -train_loss, "val_ll": val_image,
-                  "val_ll_fixation": likelihood.average(val_ll, [len(x) for x in val.xs], "fixation")}
+                  "val_ll_fixation": likelihood.average(val_ll, [len(x) for x in val.per_image(val.xs)], "fixation")}
         meta["history"].append(record)
         meta["epoch"] = epoch + 1
         if meta["epoch"] == 1 and readout_is_dead(model, jax.device_get(state["params"]), probe):

@@ -106,13 +106,17 @@ def test_every_trainable_model_is_offered_and_has_a_paper_figure():
     from deepgaze_jax.config import TrainConfig
     from deepgaze_jax.predict import ASSETS
 
-    assert sorted(cli.TRAINABLE) == sorted(registry.MODELS) == sorted(registry.TRAINABLE)
-    for name in registry.MODELS:
+    static = sorted(n for n, e in registry.MODELS.items() if e.kind == "static")
+    assert sorted(cli.TRAINABLE) == static == sorted(registry.TRAINABLE)
+    assert sorted(registry.SCANPATH) == sorted(set(registry.MODELS) - set(static)) == ["deepgaze3_vgg16"]
+    for name in registry.TRAINABLE:
         assert cli.build_parser().parse_args(["train", "--data", ".", "--model", name]).model == name
+    with pytest.raises(SystemExit):  # scanpath models are not trained by `deepgaze train`
+        cli.build_parser().parse_args(["train", "--data", ".", "--model", "deepgaze3_vgg16"])
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--data", ".", "--model", "deepgaze9"])
     for name, entry in registry.MODELS.items():
-        assert entry.paper and "%" in entry.paper, name
+        assert entry.paper and ("%" in entry.paper or entry.kind == "scanpath"), name
         assert TrainConfig(model=name).build_model() == registry.build(name, dtype="float32"), name
     with pytest.raises(ValueError, match="model must be one of"):
         TrainConfig(model="deepgaze9")

@@ -1,0 +1,376 @@
+"""Cross-validated training and evaluation of DeepGaze III on MIT1003 scanpaths (the reference's recipe).
+
+    python experiments/deepgaze3_crossval.py --data ../shared/data/MIT1003 --folds 0-9
+
+Per fold of the DeepGaze II split (:func:`deepgaze_jax.data.crossval_splits`; the same images test,
+validate and train):
+
+1. **spatial phase**: the static model (``history=0``: saliency network, fixation selection network on
+   the priority map alone, finalizer) fitted on the fold's training images from the DeepGaze II
+   feature cache, early stopping on its validation images, exactly as DeepGaze II trains;
+2. **scanpath phase**: the scanpath network and the selection network's scanpath branch added
+   (:meth:`~deepgaze_jax.deepgaze3.DeepGazeIII.extend_head`), the first two layers of the saliency
+   network frozen, every target fixation scored on its conditional density given its history
+   (:mod:`deepgaze_jax.data.scanpaths`); optionally
+3. **joint phase**: everything fine-tuned at a low rate.
+
+The forced initial fixation of MIT1003 is history, never a target; the targets are the conventional
+fixations of DeepGaze II's evaluation, so the two models are scored on the same fixations. Test
+images touch no model that is scored on them. Each phase checkpoints with orbax in its own folder and
+resumes exactly (:func:`deepgaze_jax.train.fit`).
+
+Evaluation of the test images of every fold: the conditional log-likelihood of each fixation given
+its history (bits/fixation relative to uniform), its information gain over the static model of the
+same fold (the spatial phase, and, where given, the shipped DeepGaze II's heads of that fold), overall
+with a bootstrap confidence interval over images and by position in the scanpath, and the AUC and
+NSS of the conditional maps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+import zlib
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deepgaze_jax import data as data_lib
+from deepgaze_jax import feature_cache, likelihood, provenance, registry
+from deepgaze_jax import train as T
+from deepgaze_jax.baselines import CenterBias, GoldStandard
+from deepgaze_jax.config import TrainConfig
+from deepgaze_jax.crossval import Source, centerbias_function
+from deepgaze_jax.data.scanpaths import with_histories
+from deepgaze_jax.deepgaze3 import DeepGazeIII
+from deepgaze_jax.finalizer import coverage, values_at
+from deepgaze_jax.input_pipeline import FixationSet, batches, centerbias_of
+from deepgaze_jax.likelihood import LN2
+from deepgaze_jax.pretrained import load_backbone
+
+#: The saliency network's layers that the scanpath phase keeps (the reference freezes them too).
+FROZEN_IN_SCANPATH_PHASE = ("saliency/conv0", "saliency/conv1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The configs of the phases (``joint=None``: no joint phase)."""
+
+    spatial: TrainConfig
+    scanpath: TrainConfig
+    joint: TrainConfig | None = None
+
+    def to_json(self) -> dict:
+        return {name: None if config is None else json.loads(config.to_json())
+                for name, config in (("spatial", self.spatial), ("scanpath", self.scanpath), ("joint", self.joint))}
+
+
+def load_scanpaths(source: Source, cache: pathlib.Path, history: int):
+    """The dataset's targets (conventional filter) and their histories, the unfiltered table read once."""
+    if source.fixatons:
+        unfiltered = data_lib.load_mit1003(source.path, "twosize", data_dir=cache / "tfds", filter_conventional=False)
+    else:
+        unfiltered = data_lib.load_fixation_csv(source.path, source.name, data_dir=cache / "tfds",
+                                                filter_conventional=False)
+    return with_histories(unfiltered, history)
+
+
+def grid_metrics(model: DeepGazeIII, head: dict, features: jax.Array, centerbias: jax.Array,
+                 xs: jax.Array, ys: jax.Array, history: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(B, N)`` log density (nats), AUC and NSS of each fixation on its conditional map, computed on the
+    saliency grid with each cell weighted by the image pixels it covers (exact for the nearest
+    upsampling to image size). AUC: all pixels of the map as negatives, ties count half; NSS: of the
+    density (not its log), population standard deviation over the image's pixels."""
+    grid = model._grid(head, features, centerbias, history)  # (B, N, h, w); (B, 1, h, w) if static
+    grid = jnp.broadcast_to(grid, xs.shape + grid.shape[2:])
+    height, width = centerbias.shape[-2:]
+    rows = jnp.asarray(coverage(grid.shape[-2], height), jnp.float32)
+    cols = jnp.asarray(coverage(grid.shape[-1], width), jnp.float32)
+    area = rows[:, None] * cols[None, :]
+    b, n = xs.shape
+    flat = grid.reshape((b * n,) + grid.shape[2:])
+    value = values_at(flat, (height, width), xs.reshape(b * n, 1), ys.reshape(b * n, 1))  # (BN, 1)
+    pixels = float(height * width)
+    below = jnp.where(flat < value[:, :, None], area[None], 0.0).sum(axis=(-2, -1))
+    ties = jnp.where(flat == value[:, :, None], area[None], 0.0).sum(axis=(-2, -1))
+    auc = (below + 0.5 * ties) / pixels
+    density = jnp.exp(flat)
+    mean = (density * area[None]).sum(axis=(-2, -1)) / pixels
+    var = (jnp.square(density - mean[:, None, None]) * area[None]).sum(axis=(-2, -1)) / pixels
+    nss = (jnp.exp(value[:, 0]) - mean) / jnp.sqrt(var)
+    return value.reshape(b, n), auc.reshape(b, n), jnp.where(var > 0, nss, 0.0).reshape(b, n)
+
+
+def conditional_scores(model: DeepGazeIII, head: dict, data: FixationSet, centerbias, batch_size: int):
+    """Per image of ``data`` (split items joined), ``(n_i,)`` arrays of the log-likelihood (bits vs
+    uniform), AUC and NSS of each fixation on its conditional map."""
+    step = jax.jit(lambda h, f, cb, x, y, hist: grid_metrics(model, h, f, cb, x, y, hist))
+    out = {k: [None] * len(data) for k in ("bits", "auc", "nss")}
+    for batch in batches(data, batch_size, seed=None):
+        cb = np.broadcast_to(centerbias_of(centerbias, batch), (len(batch.indices),) + batch.shape)
+        history = batch.history if batch.history is not None else np.full(batch.xs.shape + (model.history, 2), np.nan,
+                                                                           np.float32)
+        log_p, auc, nss = jax.device_get(step(head, batch.features, cb, batch.xs, batch.ys, history))
+        bits = np.asarray(likelihood.bits_relative_to_uniform(np.asarray(log_p), *batch.shape))
+        for row, i in enumerate(batch.indices):
+            if i >= 0:
+                m = batch.mask[row]
+                out["bits"][i], out["auc"][i], out["nss"][i] = bits[row, m], auc[row, m], nss[row, m]
+    return {k: data.per_image(v) for k, v in out.items()}
+
+
+def bootstrap_interval(per_image_sums: np.ndarray, counts: np.ndarray, samples: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap over images of a per-fixation mean (``sum of sums / sum of counts``)."""
+    rng = np.random.default_rng(seed)
+    n = len(per_image_sums)
+    pick = rng.integers(0, n, size=(samples, n))
+    means = per_image_sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pathlib.Path,
+        results_dir: pathlib.Path | None = None, heads_path: pathlib.Path | None = None,
+        static_heads: pathlib.Path | None = None, command: str = "", max_images: int | None = None) -> dict:
+    """Train DeepGaze III on the given folds (:data:`Recipe` phases) and evaluate every test image.
+
+    ``static_heads``: a predictor file of a static model trained on the same folds (e.g. the shipped
+    DeepGaze II, ``deepgaze_jax/assets/deepgaze2_vgg16.safetensors``) that the conditional model is
+    compared with too, each fold's test images by that fold's heads. Writes
+    ``<results>/deepgaze3_vgg16_crossval.{json,md}`` and, with ``heads_path``, a predictor file of the
+    fold models (an ensemble) with the center bias fitted on all images.
+    """
+    started, commit = time.time(), provenance.git_commit()
+    source = Source(data_dir)
+    model = recipe.scanpath.build_model()
+    if not isinstance(model, DeepGazeIII):
+        raise ValueError(f"{recipe.scanpath.model} is not a scanpath model (one of {registry.SCANPATH})")
+    spatial_model = model.with_history(0)
+    scan = load_scanpaths(source, cache, model.history)
+    dataset = scan.dataset
+    histories = scan.histories
+    suffix = ""
+    if max_images is not None and max_images < len(dataset):
+        keep = np.isin(dataset.fixations.image_index, np.arange(max_images))
+        dataset, histories, suffix = dataset.subset(range(max_images)), histories[keep], f"_first{max_images}"
+    backbone = load_backbone(model.backbone, None)
+    features = feature_cache.cached_features(model.spatial, backbone, dataset, cache, source.cache_name + suffix)
+    static_set = FixationSet.from_dataset(dataset, features)
+    scan_set = FixationSet.from_dataset(dataset, features, histories=histories)
+    index_of = [dataset.fixations.index[r] for r in data_lib.rows_by_image(dataset)]
+    length_of = [(~np.isnan(histories[r][..., 0])).sum(axis=1) for r in data_lib.rows_by_image(dataset)]
+    feature_seconds = time.time() - started
+    gold = GoldStandard.fit(dataset)
+    rows = data_lib.rows_by_image(dataset)
+    gold_nats = gold.log_likelihoods(dataset)
+
+    comparison = None
+    if static_heads is not None:
+        from deepgaze_jax.crossval import fold_heads
+        from deepgaze_jax.params_io import load_params
+        from deepgaze_jax.predict import model_from_json
+
+        tree, meta = load_params(static_heads)
+        comparison = (model_from_json(meta["model_config"]), fold_heads(tree["heads"], meta), meta)
+
+    run_key = zlib.crc32(json.dumps([recipe.to_json(), source.name, suffix]).encode())
+    runs_dir = cache / "runs" / f"{recipe.scanpath.model}{suffix}_{run_key:08x}"
+    per_image: dict[str, dict[int, np.ndarray]] = {k: {} for k in (
+        "conditional", "spatial", "static", "center_bias", "gold", "auc", "nss", "spatial_auc", "spatial_nss",
+        "index", "history_length")}
+    records, heads = [], []
+    for fold in folds:
+        fold_start = time.time()
+        split = data_lib.crossval_splits(len(dataset), fold)
+        center_bias = CenterBias.fit(dataset.subset(split["train"]))
+        cb = centerbias_function(center_bias)
+        split_ids = {k: [dataset.image_ids[i] for i in v] for k, v in split.items()}
+        workdir = runs_dir / f"fold{fold}"
+        spatial = T.fit(recipe.spatial, static_set.subset(split["train"]), static_set.subset(split["val"]), cb,
+                        workdir=workdir / "spatial", split=split_ids, model=spatial_model)
+        m = recipe.scanpath.max_fixations or None
+        train = scan_set.subset(split["train"]).split(m) if m else scan_set.subset(split["train"])
+        val = scan_set.subset(split["val"]).split(m) if m else scan_set.subset(split["val"])
+        start = model.extend_head(spatial.best_params, jax.random.PRNGKey(recipe.scanpath.seed))
+        phase = T.fit(recipe.scanpath, train, val, cb, workdir=workdir / "scanpath", split=split_ids,
+                      init_head=start, model=model)
+        phases = {"spatial": spatial, "scanpath": phase}
+        if recipe.joint is not None:
+            phase = T.fit(recipe.joint, train, val, cb, workdir=workdir / "joint", split=split_ids,
+                          init_head=phase.best_params, model=model)
+            phases["joint"] = phase
+        head = phase.best_params
+
+        test = split["test"]
+        test_scan = scan_set.subset(test)
+        test_scan = test_scan.split(m) if m else test_scan
+        batch = recipe.scanpath.batch_size
+        cond = conditional_scores(model, head, test_scan, cb, batch)
+        stat = conditional_scores(spatial_model, spatial.best_params, test_scan, cb, batch)
+        for j, i in enumerate(test):
+            per_image["conditional"][i], per_image["auc"][i], per_image["nss"][i] = (
+                cond["bits"][j], cond["auc"][j], cond["nss"][j])
+            per_image["spatial"][i], per_image["spatial_auc"][i], per_image["spatial_nss"][i] = (
+                stat["bits"][j], stat["auc"][j], stat["nss"][j])
+            per_image["center_bias"][i] = likelihood.bits_at(cb(static_set.shapes[i]), static_set.xs[i], static_set.ys[i])
+            per_image["gold"][i] = gold_nats[rows[i]] / LN2
+            per_image["index"][i], per_image["history_length"][i] = index_of[i], length_of[i]
+        if comparison is not None:
+            static_model, by_fold, _ = comparison
+            if fold in by_fold:
+                evaluator = T.Evaluator(static_model)
+                bits = likelihood.ensemble_bits([evaluator.fixation_log_likelihoods(
+                    h, static_set.subset(test), cb, batch) for h in by_fold[fold]])
+                for j, i in enumerate(test):
+                    per_image["static"][i] = bits[j]
+        record = {"fold": fold, **_summary({k: {i: v[i] for i in test if i in v} for k, v in per_image.items()}),
+                  "seconds": time.time() - fold_start,
+                  "phases": {name: {"epochs": r.epochs, "best_val_log_likelihood_per_image": r.best_val,
+                                    "history": r.history} for name, r in phases.items()}}
+        records.append(record)
+        heads.append(head)
+        print(f"fold {fold}: conditional LL {record['conditional_log_likelihood']:.3f}, spatial "
+              f"{record['spatial_log_likelihood']:.3f}, IG over spatial {record['information_gain_over_spatial']:.3f} "
+              f"bits/fixation ({record['seconds']:.0f} s)", flush=True)
+
+    done = sorted(per_image["conditional"])
+    total = _summary({k: {i: v[i] for i in done if i in v} for k, v in per_image.items()})
+    counts = np.array([len(per_image["conditional"][i]) for i in done], np.float64)
+    gain = np.array([(per_image["conditional"][i] - per_image["spatial"][i]).sum() for i in done])
+    total["information_gain_over_spatial_ci95"] = bootstrap_interval(gain, counts)
+    if per_image["static"] and all(i in per_image["static"] for i in done):
+        gain = np.array([(per_image["conditional"][i] - per_image["static"][i]).sum() for i in done])
+        total["information_gain_over_static_ci95"] = bootstrap_interval(gain, counts)
+    results = {
+        "model": recipe.scanpath.model,
+        "recipe": recipe.to_json(),
+        "dataset": source.describe(dataset) + f"; targets with 0..{model.history} previous fixations as history",
+        "static_comparison": None if comparison is None else {"file": str(static_heads),
+                                                              "trained_on": comparison[2].get("trained_on", "")},
+        "folds": records,
+        "total": total,
+        "by_index": _by_index(per_image, done),
+        "gold_standard": {"bandwidth": gold.bandwidth, "weights": list(gold.weights)},
+        "paper": registry.MODELS[recipe.scanpath.model].paper,
+        "seconds": {"features": feature_seconds, "total": time.time() - started},
+        **provenance.stamp(command, commit),
+    }
+    if results_dir is not None:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        stem = results_dir / f"{recipe.scanpath.model}{suffix}_crossval"
+        stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+        stem.with_suffix(".md").write_text(markdown(results))
+    if heads_path is not None:
+        from deepgaze_jax.predict import save_predictor_heads
+
+        save_predictor_heads(heads_path, model, heads, CenterBias.fit(dataset), {
+            "trained_on": f"{source.name} twosize scanpaths, cross-validation (spatial, then scanpath phase)",
+            "folds": ",".join(str(f) for f in folds), "seeds_per_fold": "1", "command": command,
+            "commit": results["commit"]})
+    return results
+
+
+def _summary(per_image: dict[str, dict[int, np.ndarray]]) -> dict:
+    def mean(key):
+        values = per_image.get(key) or {}
+        return float(np.concatenate(list(values.values())).mean()) if values else None
+
+    out = {
+        "conditional_log_likelihood": mean("conditional"),
+        "spatial_log_likelihood": mean("spatial"),
+        "static_log_likelihood": mean("static"),
+        "center_bias_log_likelihood": mean("center_bias"),
+        "gold_standard_log_likelihood": mean("gold"),
+        "conditional_auc": mean("auc"), "conditional_nss": mean("nss"),
+        "spatial_auc": mean("spatial_auc"), "spatial_nss": mean("spatial_nss"),
+        "fixations": int(sum(len(v) for v in per_image["conditional"].values())),
+        "images": len(per_image["conditional"]),
+    }
+    out["information_gain_over_spatial"] = out["conditional_log_likelihood"] - out["spatial_log_likelihood"]
+    out["information_gain_over_center_bias"] = out["conditional_log_likelihood"] - out["center_bias_log_likelihood"]
+    if out["static_log_likelihood"] is not None:
+        out["information_gain_over_static"] = out["conditional_log_likelihood"] - out["static_log_likelihood"]
+    return out
+
+
+def _by_index(per_image: dict[str, dict[int, np.ndarray]], images: Sequence[int], last: int = 12) -> list[dict]:
+    """Mean log-likelihoods by the fixation's position in its scanpath (0-based ``Fixations.index``; for
+    MIT1003 index 0 is the forced start, so the first target has index 1); positions >= ``last`` pooled."""
+    cat = lambda key: np.concatenate([per_image[key][i] for i in images])  # noqa: E731
+    index = np.minimum(cat("index"), last)
+    cond, spat = cat("conditional"), cat("spatial")
+    stat = cat("static") if per_image["static"] and all(i in per_image["static"] for i in images) else None
+    out = []
+    for k in np.unique(index):
+        sel = index == k
+        row = {"index": int(k), "pooled_from_here": bool(k == last), "fixations": int(sel.sum()),
+               "conditional_log_likelihood": float(cond[sel].mean()), "spatial_log_likelihood": float(spat[sel].mean()),
+               "information_gain_over_spatial": float((cond[sel] - spat[sel]).mean())}
+        if stat is not None:
+            row["information_gain_over_static"] = float((cond[sel] - stat[sel]).mean())
+        out.append(row)
+    return out
+
+
+def markdown(results: dict) -> str:
+    t = results["total"]
+    lo, hi = t["information_gain_over_spatial_ci95"]
+    lines = [
+        f"# {results['model']}: 10-fold cross-validation on MIT1003 scanpaths",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Commit: {results['commit']}, {results['date']}  ",
+        f"Machine: {results['machine']}  ",
+        f"Time: features {results['seconds']['features']:.0f} s, total {results['seconds']['total']:.0f} s  ",
+        f"Data: {results['dataset']}",
+        "",
+        "Log-likelihoods in bits/fixation relative to uniform, on each fold's test images. *Conditional*: "
+        "DeepGaze III given each fixation's history; *spatial*: the same fold's static model (the spatial "
+        "phase); *static*: the comparison predictor's fold heads (DeepGaze II)." ,
+        "",
+        "| fold | conditional LL | spatial LL | IG over spatial | static LL | IG over static | AUC | NSS | epochs |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+
+    def f(v, digits=3):
+        return "—" if v is None else f"{v:.{digits}f}"
+
+    for r in results["folds"]:
+        epochs = ", ".join(f"{k} {v['epochs']}" for k, v in r["phases"].items())
+        lines.append(f"| {r['fold']} | {f(r['conditional_log_likelihood'])} | {f(r['spatial_log_likelihood'])} | "
+                     f"{f(r['information_gain_over_spatial'])} | {f(r['static_log_likelihood'])} | "
+                     f"{f(r.get('information_gain_over_static'))} | {f(r['conditional_auc'], 4)} | "
+                     f"{f(r['conditional_nss'])} | {epochs} |")
+    lines += [
+        f"| **all** | **{f(t['conditional_log_likelihood'])}** | {f(t['spatial_log_likelihood'])} | "
+        f"**{f(t['information_gain_over_spatial'])}** | {f(t['static_log_likelihood'])} | "
+        f"{f(t.get('information_gain_over_static'))} | {f(t['conditional_auc'], 4)} | {f(t['conditional_nss'])} | |",
+        "",
+        f"Information gain of the history over the spatial model: {t['information_gain_over_spatial']:.3f} "
+        f"bits/fixation, 95 % bootstrap interval over images [{lo:.3f}, {hi:.3f}].  ",
+    ]
+    if "information_gain_over_static_ci95" in t:
+        lo, hi = t["information_gain_over_static_ci95"]
+        lines.append(f"Over the static DeepGaze II: {t['information_gain_over_static']:.3f} bits/fixation "
+                     f"[{lo:.3f}, {hi:.3f}].  ")
+    lines += [
+        f"Spatial model: AUC {f(t['spatial_auc'], 4)}, NSS {f(t['spatial_nss'])}; center bias LL "
+        f"{f(t['center_bias_log_likelihood'])}, gold standard LL {f(t['gold_standard_log_likelihood'])}.  ",
+        f"Paper: {results['paper']}.",
+        "",
+        "By position in the scanpath (0-based; index 0 is MIT1003's forced start, never a target):",
+        "",
+        "| index | fixations | conditional LL | spatial LL | IG over spatial |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results["by_index"]:
+        label = f"{r['index']}+" if r["pooled_from_here"] else str(r["index"])
+        lines.append(f"| {label} | {r['fixations']} | {r['conditional_log_likelihood']:.3f} | "
+                     f"{r['spatial_log_likelihood']:.3f} | {r['information_gain_over_spatial']:.3f} |")
+    lines.append("")
+    return "\n".join(lines)
