@@ -783,30 +783,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     from deepgaze_jax import data as data_lib
     from deepgaze_jax.evaluation import evaluate
 
-    from deepgaze_jax.predict import ModelKindError
+    from deepgaze_jax.predict import ScanpathPredictor
 
     quiet_data_loading()
     try:
-        predictor = _load_predictor(args)
-    except ModelKindError as e:
-        error(f"{e}; deepgaze evaluate scores static models")
-        return 2
+        predictor = _load_predictor(args, kind=None)
     except (OSError, ValueError) as e:
         error(e)
         return 1
+    scanpath = isinstance(predictor, ScanpathPredictor)
     try:
         if args.mit1003 is not None:
-            dataset = data_lib.load_mit1003(args.mit1003, args.config, data_dir=args.cache / "tfds")
+            dataset = data_lib.load_mit1003(args.mit1003, args.config, data_dir=args.cache / "tfds",
+                                            filter_conventional=not scanpath)
         else:
             import re
 
             name = re.sub(r"\W+", "_", args.csv_dataset.resolve().name.lower()) or "fixations"
-            dataset = data_lib.load_fixation_csv(args.csv_dataset, name, data_dir=args.cache / "tfds")
+            dataset = data_lib.load_fixation_csv(args.csv_dataset, name, data_dir=args.cache / "tfds",
+                                                 filter_conventional=not scanpath)
+        if args.max_images is not None and args.max_images < len(dataset):
+            dataset = dataset.subset(range(args.max_images))
+        if scanpath:
+            return _evaluate_scanpaths(args, predictor, dataset)
     except (OSError, ValueError) as e:
         error(e)
         return 1
-    if args.max_images is not None and args.max_images < len(dataset):
-        dataset = dataset.subset(range(args.max_images))
     sizes = [tuple(int(v) for v in size) for size in dataset.sizes]
     f = dataset.fixations
     from tqdm.auto import tqdm
@@ -830,6 +832,26 @@ def _evaluate(args: argparse.Namespace) -> int:
         bar.close()
     print(result.to_markdown())
     print(f"wrote {args.out / 'metrics.json'} and {args.out / 'metrics.md'}")
+    return 0
+
+
+def _evaluate_scanpaths(args: argparse.Namespace, predictor, unfiltered) -> int:
+    """``deepgaze evaluate`` for a scanpath model: every conventional fixation scored on the density given
+    its history (the scanpath's previous fixations, the forced start included)."""
+    from tqdm.auto import tqdm
+
+    from deepgaze_jax import scanpath_evaluation
+    from deepgaze_jax.data.scanpaths import with_histories
+
+    scan = with_histories(unfiltered, predictor.history)
+    bar = tqdm(total=len(scan.dataset), desc="scanpaths", disable=not sys.stderr.isatty())
+    per_image = scanpath_evaluation.evaluate_scanpaths(predictor, scan, progress=lambda i: bar.update(1))
+    bar.close()
+    name = str(args.heads) if args.heads else args.model
+    result = scanpath_evaluation.write(args.out, name, per_image, scan.dataset.image_ids,
+                                       command="deepgaze " + " ".join(sys.argv[1:]))
+    print(scanpath_evaluation.markdown(result))
+    print(f"wrote {args.out / 'scanpath_metrics.json'} and {args.out / 'scanpath_metrics.md'}")
     return 0
 
 

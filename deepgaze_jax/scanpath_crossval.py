@@ -47,7 +47,7 @@ from deepgaze_jax.config import TrainConfig
 from deepgaze_jax.crossval import Source, centerbias_function
 from deepgaze_jax.data.scanpaths import with_histories
 from deepgaze_jax.deepgaze3 import DeepGazeIII
-from deepgaze_jax.finalizer import coverage, values_at
+from deepgaze_jax.scanpath_evaluation import bootstrap_interval, by_index, grid_scores
 from deepgaze_jax.input_pipeline import FixationSet, batches, centerbias_of
 from deepgaze_jax.likelihood import LN2
 from deepgaze_jax.pretrained import load_backbone
@@ -79,59 +79,25 @@ def load_scanpaths(source: Source, cache: pathlib.Path, history: int):
     return with_histories(unfiltered, history)
 
 
-def grid_metrics(model: DeepGazeIII, head: dict, features: jax.Array, centerbias: jax.Array,
-                 xs: jax.Array, ys: jax.Array, history: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(B, N)`` log density (nats), AUC and NSS of each fixation on its conditional map, computed on the
-    saliency grid with each cell weighted by the image pixels it covers (exact for the nearest
-    upsampling to image size). AUC: all pixels of the map as negatives, ties count half; NSS: of the
-    density (not its log), population standard deviation over the image's pixels."""
-    grid = model._grid(head, features, centerbias, history)  # (B, N, h, w); (B, 1, h, w) if static
-    grid = jnp.broadcast_to(grid, xs.shape + grid.shape[2:])
-    height, width = centerbias.shape[-2:]
-    rows = jnp.asarray(coverage(grid.shape[-2], height), jnp.float32)
-    cols = jnp.asarray(coverage(grid.shape[-1], width), jnp.float32)
-    area = rows[:, None] * cols[None, :]
-    b, n = xs.shape
-    flat = grid.reshape((b * n,) + grid.shape[2:])
-    value = values_at(flat, (height, width), xs.reshape(b * n, 1), ys.reshape(b * n, 1))  # (BN, 1)
-    pixels = float(height * width)
-    below = jnp.where(flat < value[:, :, None], area[None], 0.0).sum(axis=(-2, -1))
-    ties = jnp.where(flat == value[:, :, None], area[None], 0.0).sum(axis=(-2, -1))
-    auc = (below + 0.5 * ties) / pixels
-    density = jnp.exp(flat)
-    mean = (density * area[None]).sum(axis=(-2, -1)) / pixels
-    var = (jnp.square(density - mean[:, None, None]) * area[None]).sum(axis=(-2, -1)) / pixels
-    nss = (jnp.exp(value[:, 0]) - mean) / jnp.sqrt(var)
-    return value.reshape(b, n), auc.reshape(b, n), jnp.where(var > 0, nss, 0.0).reshape(b, n)
-
-
 def conditional_scores(model: DeepGazeIII, head: dict, data: FixationSet, centerbias, batch_size: int):
     """Per image of ``data`` (split items joined), ``(n_i,)`` arrays of the log-likelihood (bits vs
-    uniform), AUC and NSS of each fixation on its conditional map."""
-    step = jax.jit(lambda h, f, cb, x, y, hist: grid_metrics(model, h, f, cb, x, y, hist))
+    uniform), AUC and NSS of each fixation on its conditional map (the static map for ``history=0``)."""
+    grid_of = jax.jit(model._grid)
     out = {k: [None] * len(data) for k in ("bits", "auc", "nss")}
     for batch in batches(data, batch_size, seed=None):
         cb = np.broadcast_to(centerbias_of(centerbias, batch), (len(batch.indices),) + batch.shape)
         history = batch.history if batch.history is not None else np.full(batch.xs.shape + (model.history, 2), np.nan,
                                                                            np.float32)
-        log_p, auc, nss = jax.device_get(step(head, batch.features, cb, batch.xs, batch.ys, history))
-        bits = np.asarray(likelihood.bits_relative_to_uniform(np.asarray(log_p), *batch.shape))
+        grid = grid_of(head, batch.features, cb, history)
+        grid = jnp.broadcast_to(grid, batch.xs.shape + grid.shape[2:]).reshape((-1,) + grid.shape[2:])
+        log_p, auc, nss = (np.asarray(v).reshape(batch.xs.shape)
+                           for v in grid_scores(grid, batch.shape, batch.xs.ravel(), batch.ys.ravel()))
+        bits = np.asarray(likelihood.bits_relative_to_uniform(log_p, *batch.shape))
         for row, i in enumerate(batch.indices):
             if i >= 0:
                 m = batch.mask[row]
                 out["bits"][i], out["auc"][i], out["nss"][i] = bits[row, m], auc[row, m], nss[row, m]
     return {k: data.per_image(v) for k, v in out.items()}
-
-
-def bootstrap_interval(per_image_sums: np.ndarray, counts: np.ndarray, samples: int = 2000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap over images of a per-fixation mean (``sum of sums / sum of counts``)."""
-    rng = np.random.default_rng(seed)
-    n = len(per_image_sums)
-    pick = rng.integers(0, n, size=(samples, n))
-    means = per_image_sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
 
 
 def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pathlib.Path,
@@ -170,12 +136,18 @@ def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pat
     gold_nats = gold.log_likelihoods(dataset)
 
     comparison = None
+    if static_heads is not None and suffix:
+        raise ValueError("the static predictor's folds split all of the dataset, not its first images: its fold "
+                         "models trained on some of these test images; drop max_images or the static comparison")
     if static_heads is not None:
         from deepgaze_jax.crossval import fold_heads
         from deepgaze_jax.params_io import load_params
         from deepgaze_jax.predict import model_from_json
 
         tree, meta = load_params(static_heads)
+        if "cross-validation" not in meta.get("trained_on", "") or "folds" not in meta:
+            raise ValueError(f"{static_heads}: not a cross-validation predictor (no folds in its metadata); its "
+                             "fold models cannot be matched to these test images")
         comparison = (model_from_json(meta["model_config"]), fold_heads(tree["heads"], meta), meta)
 
     run_key = zlib.crc32(json.dumps([recipe.to_json(), source.name, suffix]).encode())
@@ -246,6 +218,9 @@ def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pat
     if per_image["static"] and all(i in per_image["static"] for i in done):
         gain = np.array([(per_image["conditional"][i] - per_image["static"][i]).sum() for i in done])
         total["information_gain_over_static_ci95"] = bootstrap_interval(gain, counts)
+    by_position = {k: [per_image[k][i] for i in done] for k in ("conditional", "spatial", "index")}
+    if all(i in per_image["static"] for i in done):
+        by_position["static"] = [per_image["static"][i] for i in done]
     results = {
         "model": recipe.scanpath.model,
         "recipe": recipe.to_json(),
@@ -254,7 +229,7 @@ def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pat
                                                               "trained_on": comparison[2].get("trained_on", "")},
         "folds": records,
         "total": total,
-        "by_index": _by_index(per_image, done),
+        "by_index": by_index(by_position, ("spatial", "static")),
         "gold_standard": {"bandwidth": gold.bandwidth, "weights": list(gold.weights)},
         "paper": registry.MODELS[recipe.scanpath.model].paper,
         "seconds": {"features": feature_seconds, "total": time.time() - started},
@@ -295,25 +270,6 @@ def _summary(per_image: dict[str, dict[int, np.ndarray]]) -> dict:
     out["information_gain_over_center_bias"] = out["conditional_log_likelihood"] - out["center_bias_log_likelihood"]
     if out["static_log_likelihood"] is not None:
         out["information_gain_over_static"] = out["conditional_log_likelihood"] - out["static_log_likelihood"]
-    return out
-
-
-def _by_index(per_image: dict[str, dict[int, np.ndarray]], images: Sequence[int], last: int = 12) -> list[dict]:
-    """Mean log-likelihoods by the fixation's position in its scanpath (0-based ``Fixations.index``; for
-    MIT1003 index 0 is the forced start, so the first target has index 1); positions >= ``last`` pooled."""
-    cat = lambda key: np.concatenate([per_image[key][i] for i in images])  # noqa: E731
-    index = np.minimum(cat("index"), last)
-    cond, spat = cat("conditional"), cat("spatial")
-    stat = cat("static") if per_image["static"] and all(i in per_image["static"] for i in images) else None
-    out = []
-    for k in np.unique(index):
-        sel = index == k
-        row = {"index": int(k), "pooled_from_here": bool(k == last), "fixations": int(sel.sum()),
-               "conditional_log_likelihood": float(cond[sel].mean()), "spatial_log_likelihood": float(spat[sel].mean()),
-               "information_gain_over_spatial": float((cond[sel] - spat[sel]).mean())}
-        if stat is not None:
-            row["information_gain_over_static"] = float((cond[sel] - stat[sel]).mean())
-        out.append(row)
     return out
 
 
@@ -365,12 +321,13 @@ def markdown(results: dict) -> str:
         "",
         "By position in the scanpath (0-based; index 0 is MIT1003's forced start, never a target):",
         "",
-        "| index | fixations | conditional LL | spatial LL | IG over spatial |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| index | fixations | conditional LL | spatial LL | IG over spatial | IG over static |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results["by_index"]:
         label = f"{r['index']}+" if r["pooled_from_here"] else str(r["index"])
         lines.append(f"| {label} | {r['fixations']} | {r['conditional_log_likelihood']:.3f} | "
-                     f"{r['spatial_log_likelihood']:.3f} | {r['information_gain_over_spatial']:.3f} |")
+                     f"{r['spatial_log_likelihood']:.3f} | {r['information_gain_over_spatial']:.3f} | "
+                     f"{f(r.get('information_gain_over_static'))} |")
     lines.append("")
     return "\n".join(lines)

@@ -139,3 +139,51 @@ def test_serve_refuses_a_scanpath_model_in_one_line(scanpath_file, capsys):
 def test_points_parse_as_pairs():
     np.testing.assert_array_equal(parse_points(" 1, 2.5 ,3,4", "--history"), [[1, 2.5], [3, 4]])
     assert parse_points("", "--history").shape == (0, 2)
+
+
+def _scanpath_dataset(root):
+    """A FixaTons folder of two 66x94 images, three scanpaths with a forced start each."""
+    from tests import fake_data
+
+    images = {"u": (HEIGHT, WIDTH), "v": (HEIGHT, WIDTH)}
+    paths = {("u", "s1"): [(47, 33, 0.004, 0.2), (10, 5, 0.3, 0.5), (80, 60, 0.6, 0.9), (30, 40, 1.0, 1.2)],
+             ("u", "s2"): [(47, 33, 0.004, 0.2), (90, 2, 0.3, 0.5), (94, 20, 0.6, 0.7), (5, 66, 0.8, 0.9)],
+             ("v", "s1"): [(47, 33, 0.004, 0.2), (60, 20, 0.3, 0.5), (61, 22, 0.6, 0.8)]}
+    return fake_data.make_fixatons(root, images, paths)
+
+
+def test_evaluate_scores_a_scanpath_model_on_its_conditional_densities(tmp_path, scanpath_file, capsys):
+    """`deepgaze evaluate` with a DeepGaze III file: each conventional fixation on the density given its history,
+    checked against full-size maps scored by the metrics module (AUC, NSS) and read at the fixation (LL)."""
+    from deepgaze_jax import data, metrics
+    from deepgaze_jax.data.scanpaths import with_histories
+    from deepgaze_jax.likelihood import bits_at
+
+    root = _scanpath_dataset(tmp_path / "ds")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--mit1003", str(root), "--heads", str(scanpath_file), "--out", str(out),
+                 "--cache", str(tmp_path / "cache")]) == 0
+    result = json.loads((out / "scanpath_metrics.json").read_text())
+    assert "IG of the history" in (out / "scanpath_metrics.md").read_text()
+    p = predict.load_scanpath_predictor(scanpath_file)
+    scan = with_histories(data.from_raw(data.read_fixatons(root), filter_conventional=False), p.history)
+    f = scan.dataset.fixations
+    # 6 targets: the forced starts are history only; (94, 20) and (5, 66) lie outside (x_src == W, y_src == H)
+    assert result["total"]["fixations"] == len(f) == 6
+    bits, aucs, nsss, static = [], [], [], []
+    for i in range(len(scan.dataset)):
+        rows = np.flatnonzero(f.image_index == i)
+        image = scan.dataset.images[i]
+        maps = np.asarray(p.conditional_log_density(image, scan.histories[rows]))
+        for k, r in enumerate(rows):
+            bits.append(bits_at(maps[k], f.x[r:r + 1], f.y[r:r + 1])[0])
+            aucs.append(metrics.auc(maps[k], f.x[r:r + 1], f.y[r:r + 1])[0])
+            nsss.append(metrics.nss(np.exp(maps[k]), f.x[r:r + 1], f.y[r:r + 1])[0])
+        static.extend(bits_at(np.asarray(p.log_density(image)), f.x[rows], f.y[rows]))
+    t = result["total"]
+    np.testing.assert_allclose(t["conditional_log_likelihood"], np.mean(bits), atol=1e-5)
+    np.testing.assert_allclose(t["static_log_likelihood"], np.mean(static), atol=1e-5)
+    np.testing.assert_allclose(t["auc"], np.mean(aucs), atol=1e-6)
+    np.testing.assert_allclose(t["nss"], np.mean(nsss), rtol=1e-4)
+    np.testing.assert_allclose(t["information_gain_over_static"], np.mean(bits) - np.mean(static), atol=1e-5)
+    assert [r["index"] for r in result["by_index"]] == [1, 2, 3]
