@@ -181,12 +181,17 @@ class DeepGazeIII:
     def scanpath_features(self, head: Params, history: jax.Array, shape: tuple[int, int]) -> jax.Array:
         """The scanpath network: ``(..., K, 2)`` histories -> ``(..., h, w, 16)``."""
         params = head["scanpath"]
-        maps, valid = self.encode_history(history, shape)
+        maps, valid = self.encode_history(history, shape)  # (..., K, h, w, 3), (..., K)
         enc = params["encoding"]
-        per_entry = jnp.einsum("...khwc,kcd->...khwd", maps, enc["kernel"], precision=HIGHEST)
-        per_entry = per_entry + _last(enc["bias"][:, None, None, :], per_entry.ndim)
-        x = jnp.where(valid[..., None, None, None], per_entry, 0.0).sum(axis=-4)
-        x = jax.nn.softplus(x)
+        k = self.history
+        # The K per-entry convs summed over the valid entries are one conv of the 3K masked maps with the
+        # stacked kernels, plus the valid entries' biases: no (..., K, h, w, 128) intermediate.
+        masked = jnp.where(valid[..., None, None, None], maps, 0.0)
+        masked = jnp.moveaxis(masked, -4, -2)  # (..., h, w, K, 3)
+        masked = masked.reshape(masked.shape[:-2] + (3 * k,))
+        x = jnp.einsum("...c,cd->...d", masked, enc["kernel"].reshape(3 * k, -1), precision=HIGHEST)
+        bias = jnp.einsum("...k,kd->...d", valid.astype(x.dtype), enc["bias"], precision=HIGHEST)
+        x = jax.nn.softplus(x + bias[..., None, None, :])
         return _norm_conv_softplus(x, params["conv1"])
 
     def selection(self, head: Params, priority: jax.Array, scanpath: jax.Array | None,

@@ -150,6 +150,9 @@ def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pat
                              "fold models cannot be matched to these test images")
         comparison = (model_from_json(meta["model_config"]), fold_heads(tree["heads"], meta), meta)
 
+    # The spatial phase depends on its own config only: runs that differ in the later phases share it.
+    spatial_key = zlib.crc32(json.dumps([recipe.to_json()["spatial"], source.name, suffix]).encode())
+    spatial_dir = cache / "runs" / f"{recipe.scanpath.model}{suffix}_spatial_{spatial_key:08x}"
     run_key = zlib.crc32(json.dumps([recipe.to_json(), source.name, suffix]).encode())
     runs_dir = cache / "runs" / f"{recipe.scanpath.model}{suffix}_{run_key:08x}"
     per_image: dict[str, dict[int, np.ndarray]] = {k: {} for k in (
@@ -164,7 +167,7 @@ def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pat
         split_ids = {k: [dataset.image_ids[i] for i in v] for k, v in split.items()}
         workdir = runs_dir / f"fold{fold}"
         spatial = T.fit(recipe.spatial, static_set.subset(split["train"]), static_set.subset(split["val"]), cb,
-                        workdir=workdir / "spatial", split=split_ids, model=spatial_model)
+                        workdir=spatial_dir / f"fold{fold}", split=split_ids, model=spatial_model)
         m = recipe.scanpath.max_fixations or None
         train = scan_set.subset(split["train"]).split(m) if m else scan_set.subset(split["train"])
         val = scan_set.subset(split["val"]).split(m) if m else scan_set.subset(split["val"])
