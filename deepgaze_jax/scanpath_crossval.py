@@ -280,7 +280,8 @@ def markdown(results: dict) -> str:
     t = results["total"]
     lo, hi = t["information_gain_over_spatial_ci95"]
     lines = [
-        f"# {results['model']}: 10-fold cross-validation on MIT1003 scanpaths",
+        f"# {results['model']}: 10-fold cross-validation on MIT1003 scanpaths"
+        + ("" if len(results["folds"]) == 10 else f", folds {', '.join(str(r['fold']) for r in results['folds'])} of 10"),
         "",
         f"Command: `{results['command']}`  ",
         f"Commit: {results['commit']}, {results['date']}  ",
