@@ -30,6 +30,8 @@ ROWS = [
     ("DeepGaze II (VGG-16)", "MIT1003 folds + all of OSIE, joint", "deepgaze2_vgg16_joint_osie_crossval", None, None),
     ("DeepGaze II (VGG-16)", "all of OSIE, then MIT1003 folds", "deepgaze2_vgg16_pretrain_osie_crossval", None, None),
     ("DeepGaze II (VGG-16)", "OSIE folds", None, "deepgaze2_vgg16_on_osie_crossval", None),
+    ("DeepGaze II features, IIE readout", "all of OSIE, then MIT1003 folds", "deepgaze2_vgg16_iie_pretrain_osie_crossval",
+     None, None),
 ]
 
 
