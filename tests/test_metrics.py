@@ -566,7 +566,7 @@ def test_the_evaluate_command_refuses_a_predictor_whose_densities_are_not_normal
 
     dataset = Dataset()
     predictor = SimpleNamespace(log_density=lambda images: (ld + 7 * images[0, 0, 0, 0])[None], centerbias=lambda size: ld)
-    monkeypatch.setattr(cli, "_load_predictor", lambda args: predictor)
+    monkeypatch.setattr(cli, "_load_predictor", lambda args, kind=None: predictor)
     monkeypatch.setattr(data_lib, "load_fixation_csv", lambda *args, **kwargs: dataset)
     assert cli.main(["evaluate", "--csv-dataset", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
