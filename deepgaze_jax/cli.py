@@ -24,7 +24,7 @@ from deepgaze_jax import registry
 MODELS = registry.SHIPPED
 TRAINABLE = registry.TRAINABLE
 #: The scanpath model ``deepgaze scanpath`` uses without ``--heads`` (``deepgaze_jax/assets/<name>.safetensors``).
-SCANPATH_MODEL = "deepgaze3_vgg16"
+SCANPATH_MODEL = registry.SCANPATH[0]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 #: Images, and pixels, read ahead of prediction at most (bounds memory on large folders and images).
 CHUNK = 64

@@ -27,6 +27,7 @@ import numpy as np
 from deepgaze_jax import centerbias as centerbias_lib
 from deepgaze_jax import deepgaze3 as deepgaze3_lib
 from deepgaze_jax import model as model_lib
+from deepgaze_jax import registry
 from deepgaze_jax.baselines import CenterBias
 from deepgaze_jax.finalizer import upsample_to_image
 from deepgaze_jax.images import as_rgb_array, batches_by_size
@@ -302,7 +303,8 @@ class ModelKindError(ValueError):
 
 
 KINDS = ("static", "scanpath")
-SCANPATH_ASSET = "deepgaze3_vgg16"
+#: The shipped scanpath predictor (``deepgaze_jax/assets/<name>.safetensors``), from the registry.
+SCANPATH_ASSET = registry.SCANPATH[0]
 
 
 def describe(model: AnyModel) -> str:

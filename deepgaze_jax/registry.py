@@ -84,7 +84,7 @@ MODELS: dict[str, ModelEntry] = {
         "DeepGaze III on DenseNet-201 with SALICON pre-training (Kümmerer, Bethge, Wallis 2022): the state of "
         "the art on MIT300 scanpaths; on MIT1003 scene content weighs substantially more than the scanpath "
         "history (its figures are in the paper, not restated here)",
-        kind="scanpath"),
+        asset="deepgaze3_vgg16.safetensors", kind="scanpath"),
 }
 
 #: Names of the static models that ``deepgaze train`` fits by cross-validation (``TrainConfig.model``

@@ -121,8 +121,9 @@ def test_every_trainable_model_is_offered_and_has_a_paper_figure():
     with pytest.raises(ValueError, match="model must be one of"):
         TrainConfig(model="deepgaze9")
     assert cli.MODELS == registry.SHIPPED == ("deepgaze1", "deepgaze2_vgg16")
-    for name in registry.SHIPPED:
-        assert (ASSETS / registry.MODELS[name].asset).is_file(), name
+    for name, entry in registry.MODELS.items():
+        if entry.asset is not None:
+            assert (ASSETS / entry.asset).is_file(), name
 
 
 def test_the_registry_is_a_cheap_import():
