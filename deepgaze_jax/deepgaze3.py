@@ -219,10 +219,11 @@ class DeepGazeIII:
         shape = tuple(d * self.spatial.downsample * self.spatial.readout_factor for d in features.shape[1:3])
         return self.selection(head, self.priority(head, features, shape), None)[:, 0]
 
-    def _grid(self, head: Params, features: jax.Array, centerbias: jax.Array,
-              history: jax.Array | None) -> jax.Array:
+    def grid(self, head: Params, features: jax.Array, centerbias: jax.Array,
+             history: jax.Array | None) -> jax.Array:
         """``(B, N, H/f, W/f)`` log densities on the saliency grid for ``(B, N, K, 2)`` histories
-        (N = 1 without)."""
+        (N = 1 without): :meth:`head` before its nearest upsampling to ``(H, W)`` (the cheap form to mix
+        ensembles, score fixations and sample on)."""
         shape = centerbias.shape[-2:]
         priority = self.priority(head, features, shape)
         scanpath = None
@@ -255,7 +256,7 @@ class DeepGazeIII:
         Returns:
           ``(B, N, H, W)`` log densities (``(B, H, W)`` for the spatial model), logsumexp over pixels 0.
         """
-        grid = self._grid(head_params, features, centerbias, history)
+        grid = self.grid(head_params, features, centerbias, history)
         out = upsample_to_image(grid, centerbias.shape[-2:])
         return out[:, 0] if history is None else out
 
@@ -265,7 +266,7 @@ class DeepGazeIII:
         """``(B, N)`` log density (nats) of fixation ``(xs[b, n], ys[b, n])`` given ``history[b, n]``
         (``(B, N, K, 2)``), without building full-size maps (the training path). Without a history
         (the spatial model) every fixation of an image is scored on its one static map."""
-        grid = self._grid(head_params, features, centerbias, history)
+        grid = self.grid(head_params, features, centerbias, history)
         shape = centerbias.shape[-2:]
         if history is None:
             return values_at(grid[:, 0], shape, xs, ys)

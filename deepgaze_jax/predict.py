@@ -118,9 +118,9 @@ def mixture_grid(model: deepgaze3_lib.DeepGazeIII, heads: dict, features: jax.Ar
       a gather, so mixing on the grid is mixing at image size).
     """
     if model.history:
-        grids = jax.vmap(model._grid, in_axes=(0, None, None, None))(heads, features, centerbias, histories)
+        grids = jax.vmap(model.grid, in_axes=(0, None, None, None))(heads, features, centerbias, histories)
     else:  # the spatial model reads no history: one map per image, the same for all N
-        grids = jax.vmap(model._grid, in_axes=(0, None, None, None))(heads, features, centerbias, None)
+        grids = jax.vmap(model.grid, in_axes=(0, None, None, None))(heads, features, centerbias, None)
         grids = jnp.broadcast_to(grids, grids.shape[:2] + histories.shape[1:2] + grids.shape[3:])
     return model_lib.mixture(grids)
 

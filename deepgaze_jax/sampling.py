@@ -91,7 +91,7 @@ def _push(history: jax.Array, xy: jax.Array) -> jax.Array:
 def _member_grid(model: DeepGazeIII, head: dict, priority: jax.Array, centerbias: jax.Array,
                  history: jax.Array) -> jax.Array:
     """One member's ``(H // f, W // f)`` saliency grid of the next fixation given one ``(K, 2)``
-    history: :meth:`DeepGazeIII._grid` from the member's ``(h, w)`` priority map (computed once per
+    history: :meth:`DeepGazeIII.grid` from the member's ``(h, w)`` priority map (computed once per
     image) on, for one history (``centerbias`` ``(1, H, W)``)."""
     shape = centerbias.shape[-2:]
     scanpath = any_valid = None

@@ -82,7 +82,7 @@ def load_scanpaths(source: Source, cache: pathlib.Path, history: int):
 def conditional_scores(model: DeepGazeIII, head: dict, data: FixationSet, centerbias, batch_size: int):
     """Per image of ``data`` (split items joined), ``(n_i,)`` arrays of the log-likelihood (bits vs
     uniform), AUC and NSS of each fixation on its conditional map (the static map for ``history=0``)."""
-    grid_of = jax.jit(model._grid)
+    grid_of = jax.jit(model.grid)
     out = {k: [None] * len(data) for k in ("bits", "auc", "nss")}
     for batch in batches(data, batch_size, seed=None):
         cb = np.broadcast_to(centerbias_of(centerbias, batch), (len(batch.indices),) + batch.shape)

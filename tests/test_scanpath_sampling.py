@@ -170,13 +170,13 @@ def test_a_spatial_model_reads_no_history(tmp_path):
 
 def test_the_samplers_member_map_is_the_models(predictor, features):
     # The sampler builds one member's map from the member's priority map (once per image) on; it must
-    # stay what DeepGazeIII._grid computes.
+    # stay what DeepGazeIII.grid computes.
     model, hist = predictor.model, jnp.asarray(some_histories())
     for m in range(predictor.members):
         head = jax.tree.map(lambda x, m=m: x[m], predictor.heads)
         priority = model.priority(head, features.features, features.shape)[0]
         ours = jax.vmap(lambda h: sampling._member_grid(model, head, priority, features.centerbias, h))(hist)
-        theirs = model._grid(head, features.features, features.centerbias, hist[None])[0]
+        theirs = model.grid(head, features.features, features.centerbias, hist[None])[0]
         np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=ATOL)
 
 
