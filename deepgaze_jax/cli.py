@@ -215,6 +215,27 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[pathlib.Path], list[str]]
     return paths, problems
 
 
+def _inputs_and_out(args: argparse.Namespace, doing: str) -> tuple[list[pathlib.Path] | None, int]:
+    """The image files ``args.images`` name (matplotlib's sample photograph without any), each problem
+    reported on a line of its own and counted; ``(None, failures)`` where nothing is left to do or
+    ``--out`` is a file."""
+    failures = 0
+    if args.images:
+        paths, problems = expand_inputs(args.images)
+        for problem in problems:
+            error(problem)
+        failures += len(problems)
+    else:
+        paths = [sample_image()]
+        print(f"no image given: {doing} matplotlib's sample photograph {paths[0]}")
+    if not paths:
+        return None, failures
+    if args.out.exists() and not args.out.is_dir():
+        error(f"--out {args.out}: is a file, not a folder; give a folder for the outputs")
+        return None, failures
+    return paths, failures
+
+
 def _output_stems(paths: Sequence[pathlib.Path]) -> list[str]:
     """Output names: the file stem, made unique (``a``, ``a-2``, ...) where two inputs share one."""
     used: set[str] = set()
@@ -255,19 +276,9 @@ def _predict(args: argparse.Namespace) -> int:
         except ValueError as e:
             error(e if str(e).startswith("--history") else f"--history {args.history!r}: {e}")
             return 2
-    failures = bad_history = 0
-    if args.images:
-        paths, problems = expand_inputs(args.images)
-        for problem in problems:
-            error(problem)
-        failures += len(problems)
-    else:
-        paths = [sample_image()]
-        print(f"no image given: predicting matplotlib's sample photograph {paths[0]}")
-    if not paths:
-        return 1
-    if args.out.exists() and not args.out.is_dir():
-        error(f"--out {args.out}: is a file, not a folder; give a folder for the outputs")
+    bad_history = 0
+    paths, failures = _inputs_and_out(args, "predicting")
+    if paths is None:
         return 1
     try:
         predictor = _load_predictor(args, kind=None)
@@ -461,19 +472,9 @@ def _scanpath(args: argparse.Namespace) -> int:
     except ValueError as e:
         error(e)
         return 2
-    failures = usage = 0
-    if args.images:
-        paths, problems = expand_inputs(args.images)
-        for problem in problems:
-            error(problem)
-        failures += len(problems)
-    else:
-        paths = [sample_image()]
-        print(f"no image given: sampling on matplotlib's sample photograph {paths[0]}")
-    if not paths:
-        return 1
-    if args.out.exists() and not args.out.is_dir():
-        error(f"--out {args.out}: is a file, not a folder; give a folder for the outputs")
+    usage = 0
+    paths, failures = _inputs_and_out(args, "sampling on")
+    if paths is None:
         return 1
     try:
         predictor = _load_predictor(args, kind="scanpath")
