@@ -1,5 +1,5 @@
 """The ``deepgaze`` command: ``predict``, ``scanpath``, ``evaluate``, ``convert``, ``serve``, ``train``,
-``baselines``.
+``baselines``, ``info``.
 
 Exit status: 0 success, 1 a runtime failure (an unreadable image, a missing weights file; with several
 images the others are still processed), 2 a usage error (argparse). Expected errors are one line on
@@ -920,9 +920,58 @@ def _baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- info ----------------------------------------------------------------------------------------
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser(
+        "info", help="what a predictor is: its model card (training data, command, commit, metrics, licence)",
+        description="Print the model card stored in a predictor file: what it was trained on and how (command, "
+                    "commit), its cross-validated metrics on test images, its licence and the backbone's "
+                    "provenance. A file without a card shows its metadata.",
+    )
+    p.add_argument("model", nargs="?", default=None,
+                   help=f"a shipped predictor ({', '.join(MODELS + registry.SCANPATH)}) or a predictor file; "
+                        "default: every shipped one")
+    p.add_argument("--json", action="store_true", help="print the card as JSON")
+    p.set_defaults(func=_info)
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from deepgaze_jax import model_card
+    from deepgaze_jax.predict import ASSETS
+
+    names = [args.model] if args.model is not None else [*MODELS, *registry.SCANPATH]
+    cards = []
+    for name in names:
+        path = pathlib.Path(name)
+        if not path.suffix and not path.exists():
+            path = ASSETS / f"{name}.safetensors"
+            if not path.is_file():
+                error(f"{name}: neither a predictor file nor a shipped predictor "
+                      f"({', '.join(MODELS + registry.SCANPATH)})")
+                return 2
+        try:
+            card, metadata = model_card.read(path)
+        except (OSError, ValueError) as e:
+            error(e)
+            return 1
+        if args.json:
+            cards.append({"file": str(path), "model_card": json.loads(card.to_json()) if card else None,
+                          "members": metadata.get("members")})
+        else:
+            print(model_card.render(card, metadata, str(path)))
+    if args.json:
+        print(json.dumps(cards if args.model is None else cards[0], indent=1, ensure_ascii=False))
+    return 0
+
+
 # --- main ------------------------------------------------------------------------------------------
 
-COMMANDS: tuple[Callable, ...] = (_add_predict, _add_scanpath, _add_evaluate, _add_convert, _add_serve, _add_train, _add_baselines)
+COMMANDS: tuple[Callable, ...] = (_add_predict, _add_scanpath, _add_evaluate, _add_convert, _add_serve, _add_train, _add_baselines,
+                                 _add_info)
 
 
 def build_parser() -> argparse.ArgumentParser:
