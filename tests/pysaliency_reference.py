@@ -1,33 +1,19 @@
 """pysaliency as the reference for our metrics: import shims and adapters from arrays to its objects.
 
-Used by ``tests/test_metrics.py`` and ``experiments/metrics_speed.py``. pysaliency 0.2.22 still imports
-``pkg_resources`` (gone from setuptools >= 81; only its MATLAB model wrappers use it) and calls
-``np.trapz`` (removed in NumPy 2.4) in its ROC code; both are patched here before use, nothing else.
+Used by ``tests/test_metrics.py`` and ``experiments/metrics_speed.py``. pysaliency is imported through
+:func:`deepgaze_jax.interop.pysaliency.import_pysaliency`, which patches what 0.2.22 needs on current
+installs (``np.trapz``, ``pkg_resources``) and nothing else.
 """
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import Callable, Sequence
 
 import numpy as np
 
-if not hasattr(np, "trapz"):
-    np.trapz = np.trapezoid  # same function under its NumPy 2 name
-try:
-    import pkg_resources  # noqa: F401
-except ImportError:
-    _stub = types.ModuleType("pkg_resources")
+from deepgaze_jax.interop.pysaliency import import_pysaliency
 
-    def _unavailable(*args, **kwargs):
-        raise RuntimeError("pkg_resources is not installed (only pysaliency's MATLAB models need it)")
-
-    _stub.resource_string = _unavailable
-    _stub.resource_listdir = _unavailable
-    sys.modules["pkg_resources"] = _stub
-
-import pysaliency  # noqa: E402
+pysaliency = import_pysaliency()  # with the package's shims (np.trapz, pkg_resources)
 from pysaliency.datasets import ObjectStimuli, Stimulus  # noqa: E402
 
 
