@@ -5,7 +5,13 @@ module returns a dict of the requested named intermediate layers, NHWC. Conv lay
 ``conv1`` .. ``conv5`` (AlexNet) or ``convB_L`` (VGG) and give the output *before* the ReLU; the
 ReLU outputs are ``reluN`` / ``reluB_L`` and the pools ``poolN`` / ``poolB``.
 
-Parameters are ``{conv_name: {"kernel": (kh, kw, in, out), "bias": (out,)}}`` (HWIO).
+Parameters are ``{conv_name: {"kernel": (kh, kw, in, out), "bias": (out,)}}`` (HWIO); a 3x3 layer
+may also hold its Winograd-transformed kernel, ``"winograd2"`` / ``"winograd4"``
+(:func:`deepgaze_jax.winograd.transform_params`, computed once for a frozen backbone).
+
+How each convolution is computed (``conv_impl``): ``"xla"`` (XLA's convolution), ``"winograd2"`` /
+``"winograd4"`` (every 3x3 stride-1 layer as Winograd F(2x2, 3x3) / F(4x4, 3x3), the others by XLA), or
+``"auto"`` (per layer, whichever :func:`deepgaze_jax.winograd.plan` measured faster on the platform).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from deepgaze_jax import winograd
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -134,12 +142,14 @@ class Backbone(nn.Module):
       ceil_mode: max pools round their output size up, as the DeepGaze II reference sets on VGG-19;
         torchvision's default is ``False``.
       dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+      conv_impl: ``"xla"``, ``"winograd2"``, ``"winograd4"`` or ``"auto"`` (module docstring).
     """
 
     arch: str
     outputs: tuple[str, ...]
     ceil_mode: bool = False
     dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
@@ -150,6 +160,7 @@ class Backbone(nn.Module):
             raise ValueError(f"expected images of shape (B, H, W, 3), got {images.shape}")
         last = max(i for i, (name, _, _) in enumerate(layers) if name in self.outputs)
 
+        winograd.check_impl(self.conv_impl)
         x = normalize(images.astype(self.dtype))
         found = {}
         for name, kind, args in layers[: last + 1]:
@@ -157,14 +168,19 @@ class Backbone(nn.Module):
                 features, kernel, stride, padding = args
                 out = [(s + 2 * padding - kernel) // stride + 1 for s in x.shape[1:3]]
                 _check_size(self.arch, name, images.shape, out)
-                x = nn.Conv(
-                    features,
-                    (kernel, kernel),
-                    strides=(stride, stride),
-                    padding=((padding, padding), (padding, padding)),
-                    dtype=self.dtype,
-                    name=name,
-                )(x)
+                tile = winograd.tile_for(self.conv_impl, kernel, stride, padding, x.shape, features,
+                                         jnp.dtype(self.dtype))
+                if tile:
+                    x = _WinogradConv(features, tile, self.dtype, name=name)(x)
+                else:
+                    x = nn.Conv(
+                        features,
+                        (kernel, kernel),
+                        strides=(stride, stride),
+                        padding=((padding, padding), (padding, padding)),
+                        dtype=self.dtype,
+                        name=name,
+                    )(x)
             elif kind == "relu":
                 x = nn.relu(x)
             else:
@@ -176,6 +192,25 @@ class Backbone(nn.Module):
             if name in self.outputs:
                 found[name] = x
         return {name: found[name] for name in self.outputs}
+
+
+class _WinogradConv(nn.Module):
+    """A 3x3 stride-1 padding-1 conv layer with :class:`flax.linen.Conv`'s parameters (``kernel`` HWIO,
+    ``bias``), computed by Winograd F(tile x tile, 3 x 3); reads the transformed kernel
+    ``winograd<tile>`` where the params hold it, else transforms ``kernel`` in the traced function."""
+
+    features: int
+    tile: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        key = f"winograd{self.tile}"
+        transformed = (self.get_variable("params", key) if self.has_variable("params", key)
+                       else winograd.filter_transform(kernel, self.tile))
+        return winograd.conv3x3(x.astype(self.dtype), transformed, bias, self.tile)
 
 
 def _check_size(arch: str, layer: str, image_shape: tuple, out: Sequence[int]) -> None:

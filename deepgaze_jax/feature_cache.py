@@ -1,7 +1,8 @@
 """The backbone feature cache: the frozen backbone runs once per image, its features are kept on disk.
 
 A cache file is keyed on everything its features depend on: the model's feature fields
-(:data:`FEATURE_FIELDS`: backbone architecture, layers, downsampling, pooling, dtype; not the readout), a SHA-256 digest of the backbone weights, the dataset's
+(:data:`FEATURE_FIELDS`: backbone architecture, layers, downsampling, pooling, dtype; not the readout;
+the convolution plan where it is not XLA's, :func:`deepgaze_jax.winograd.describe`), a SHA-256 digest of the backbone weights, the dataset's
 name, its image ids and sizes, and whether the images were mirrored. The key's digest is part of the
 file name, and the key itself is stored in the file and compared on every read, so features of another
 backbone, model or dataset are never returned: a different key is a different file. Files are ``.npz``
@@ -23,7 +24,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from deepgaze_jax import distributed
+from deepgaze_jax import distributed, winograd
 from deepgaze_jax import model as model_lib
 from deepgaze_jax.images import batches_by_size
 
@@ -70,7 +71,10 @@ def cache_key(model: model_lib.DeepGaze, backbone: dict, dataset_name: str, imag
     for image_id, size in zip(image_ids, np.asarray(sizes).reshape(-1, 2)):
         images.update(f"{image_id}|{int(size[0])}x{int(size[1])}\n".encode())
     fields = dataclasses.asdict(model)
-    return {"format": FORMAT, "model": {k: fields[k] for k in FEATURE_FIELDS},
+    described = {k: fields[k] for k in FEATURE_FIELDS}
+    if model.conv_impl != "xla":  # Winograd features differ by rounding; keys of XLA's stay as they were
+        described["conv_impl"] = winograd.describe(model.conv_impl, model.dtype)
+    return {"format": FORMAT, "model": described,
             "backbone_sha256": params_digest(backbone),
             "dataset": dataset_name, "images": len(image_ids), "images_sha256": images.hexdigest(),
             "flip": bool(flip)}

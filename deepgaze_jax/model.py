@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepgaze_jax import backbones
+from deepgaze_jax import backbones, winograd
 from deepgaze_jax.finalizer import saliency_grid, upsample_to_image, values_at
 from deepgaze_jax.resize import downscale_nearest, resize_nearest
 
@@ -51,6 +51,8 @@ class DeepGaze:
       max_blur_radius: static bound of the blur kernel radius (sigma is clipped to a third of it).
       ceil_mode: max pools round up (the reference's VGG-19 setting).
       dtype: backbone computation dtype (``"float32"`` or ``"bfloat16"``).
+      conv_impl: how the backbone convolves (:mod:`deepgaze_jax.winograd`): ``"xla"``, ``"winograd2"``,
+        ``"winograd4"`` or ``"auto"``; the same function up to float rounding.
     """
 
     backbone: str
@@ -66,8 +68,10 @@ class DeepGaze:
     ceil_mode: bool = False
     dtype: str = "float32"
     readout_kind: str = "deepgaze2"
+    conv_impl: str = "xla"
 
     def __post_init__(self):
+        winograd.check_impl(self.conv_impl)
         if self.readout_kind not in READOUT_KINDS:
             raise ValueError(f"readout_kind must be one of {READOUT_KINDS}, got {self.readout_kind!r}")
         if self.readout_kind == "iie" and self.readout_bias:
@@ -132,7 +136,7 @@ class DeepGaze:
         to the readout grid here. The backbone parameters are wrapped in ``stop_gradient``.
         """
         images = _check_images(images)
-        net = backbones.Backbone(self.backbone, self.layers, self.ceil_mode, jnp.dtype(self.dtype))
+        net = backbones.Backbone(self.backbone, self.layers, self.ceil_mode, jnp.dtype(self.dtype), self.conv_impl)
         x = downscale_nearest(images, self.downsample)
         named = net.apply({"params": jax.lax.stop_gradient(backbone_params)}, x)  # the backbone once
         outputs = [named[name] for name in self.layers]

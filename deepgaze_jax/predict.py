@@ -27,7 +27,7 @@ import numpy as np
 from deepgaze_jax import centerbias as centerbias_lib
 from deepgaze_jax import deepgaze3 as deepgaze3_lib
 from deepgaze_jax import model as model_lib
-from deepgaze_jax import registry
+from deepgaze_jax import registry, winograd
 from deepgaze_jax.baselines import CenterBias
 from deepgaze_jax.finalizer import upsample_to_image
 from deepgaze_jax.images import as_rgb_array, batches_by_size
@@ -319,7 +319,7 @@ def describe(model: AnyModel) -> str:
 def load_predictor(name: str = "deepgaze1", path: str | pathlib.Path | None = None,
                    backbone_path: str | pathlib.Path | None = None,
                    centerbias: str | pathlib.Path | None = None,
-                   kind: str | None = None) -> Predictor | ScanpathPredictor:
+                   kind: str | None = None, conv_impl: str | None = None) -> Predictor | ScanpathPredictor:
     """A trained predictor: the shipped ``name`` (``"deepgaze1"`` or ``"deepgaze2_vgg16"``) or the heads
     file at ``path``; the backbone comes from the bundled weights or ``backbone_path``; the center bias
     is the one stored with the heads, or ``centerbias`` (``"mit1003"``, ``"osie"``, ``"uniform"`` or a
@@ -328,7 +328,8 @@ def load_predictor(name: str = "deepgaze1", path: str | pathlib.Path | None = No
     A file holding a DeepGaze model loads as a :class:`Predictor`, one holding a DeepGaze III as a
     :class:`ScanpathPredictor`. ``kind``: ``"static"`` or ``"scanpath"`` to require one of the two
     (a :class:`ModelKindError`, one line naming the file and what it holds, for the other); None
-    takes either."""
+    takes either. ``conv_impl``: how the backbone convolves (:mod:`deepgaze_jax.winograd`; None: as
+    the file says, XLA's convolution); the Winograd filters are transformed here, once."""
     if kind not in (None, *KINDS):
         raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
     path = pathlib.Path(path) if path is not None else ASSETS / f"{name}.safetensors"
@@ -344,6 +345,10 @@ def load_predictor(name: str = "deepgaze1", path: str | pathlib.Path | None = No
         wanted = "a scanpath model (DeepGaze III)" if kind == "scanpath" else "a static saliency model"
         raise ModelKindError(f"{path}: holds {describe(model)}, not {wanted}")
     backbone = load_backbone(model.backbone, backbone_path)
+    if conv_impl is not None:
+        model = with_conv_impl(model, conv_impl)
+    spatial = model.spatial if scanpath else model
+    backbone = winograd.transform_params(backbone, spatial.backbone, spatial.conv_impl, spatial.dtype)
     prior = (centerbias_lib.from_tree(tree["centerbias"], str(path)).log_density if centerbias is None
              else centerbias_lib.resolve(centerbias))
     heads = jax.tree.map(jnp.asarray, tree["heads"])
@@ -352,10 +357,17 @@ def load_predictor(name: str = "deepgaze1", path: str | pathlib.Path | None = No
     return Predictor(model, backbone, heads, prior, ensemble=True)
 
 
+def with_conv_impl(model: AnyModel, conv_impl: str) -> AnyModel:
+    """``model`` with its backbone convolving by ``conv_impl`` (a DeepGaze III's spatial model)."""
+    if isinstance(model, deepgaze3_lib.DeepGazeIII):
+        return dataclasses.replace(model, spatial=dataclasses.replace(model.spatial, conv_impl=conv_impl))
+    return dataclasses.replace(model, conv_impl=conv_impl)
+
+
 def load_scanpath_predictor(path: str | pathlib.Path | None = None,
                             backbone_path: str | pathlib.Path | None = None,
                             centerbias: str | pathlib.Path | None = None,
-                            name: str = SCANPATH_ASSET) -> ScanpathPredictor:
+                            name: str = SCANPATH_ASSET, conv_impl: str | None = None) -> ScanpathPredictor:
     """A DeepGaze III predictor: the heads file at ``path`` or the shipped ``name`` (see
     :func:`load_predictor`; a file holding a static model is a :class:`ModelKindError`)."""
-    return load_predictor(name, path, backbone_path, centerbias, kind="scanpath")
+    return load_predictor(name, path, backbone_path, centerbias, kind="scanpath", conv_impl=conv_impl)

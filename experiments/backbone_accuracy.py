@@ -1,19 +1,23 @@
-"""Does a bfloat16 backbone change the shipped models' predictions? Log-likelihood on real MIT1003 images.
+"""Do a bfloat16 backbone or Winograd convolutions change the shipped models' predictions? Log-likelihood
+on real MIT1003 images.
 
-    PYTHONPATH=. python experiments/bf16_accuracy.py [--images 50] [--models deepgaze1,deepgaze2_vgg16]
+    PYTHONPATH=. python experiments/backbone_accuracy.py [--images 50] [--models deepgaze1,deepgaze2_vgg16] \
+        [--variants bfloat16:xla,float32:winograd2,float32:winograd4,float32:auto,bfloat16:winograd2,bfloat16:auto]
 
 For each shipped predictor (``deepgaze_jax.predict.load_predictor``: the trained fold ensembles and
 the MIT1003 center bias) it predicts the same MIT1003 images ("twosize": 1024x768 / 768x1024, as
-trained) twice, with the backbone in float32 and in bfloat16 (``DeepGaze.dtype``; the readout, blur,
-center bias and logsumexp stay float32), and scores both on the images' fixations (conventional filter:
-no forced initial fixation, none outside). Criterion: the mean log-likelihood differs by less than
-0.01 bits/fixation. ``--images N`` takes N images evenly spaced over the dataset (all 1003 are slow on
-a small CPU: DeepGaze II's VGG-16 takes seconds per image). Results:
-``experiments/results/bf16_accuracy.{json,md}``.
+trained) with the reference backbone (float32, XLA's convolution) and with each variant ``dtype:conv_impl``
+(``DeepGaze.dtype`` and ``DeepGaze.conv_impl``, :mod:`deepgaze_jax.winograd`; the readout, blur, center
+bias and logsumexp stay float32), and scores each on the images' fixations (conventional filter: no
+forced initial fixation, none outside). Criterion (issue 17): the mean log-likelihood differs from the
+reference's by less than 0.001 bits/fixation for a float32 variant and 0.01 for a bfloat16 one.
+``--images N`` takes N images evenly spaced over the dataset (all 1003 are slow on a small CPU).
+Results: ``experiments/results/backbone_accuracy.{json,md}`` (``--out``). The earlier bfloat16-only
+run of this script is ``experiments/results/bf16_accuracy.{json,md}``.
 
 The ensembles were trained by cross-validation on MIT1003, so most of these images were training images
-of 9 in 10 of the members: the absolute log-likelihoods are optimistic; their float32/bfloat16 difference,
-the quantity measured here, is not affected.
+of 9 in 10 of the members: the absolute log-likelihoods are optimistic; the differences between
+backbones, the quantity measured here, are not affected.
 """
 
 from __future__ import annotations
@@ -32,11 +36,21 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deepgaze_jax import data as data_lib  # noqa: E402
-from deepgaze_jax import provenance  # noqa: E402
+from deepgaze_jax import provenance, winograd  # noqa: E402
 from deepgaze_jax.likelihood import log_likelihood  # noqa: E402
 from deepgaze_jax.predict import load_predictor  # noqa: E402
 
-THRESHOLD_BITS = 0.01
+THRESHOLD_BITS = {"float32": 0.001, "bfloat16": 0.01}
+REFERENCE = "float32:xla"
+
+
+def parse_variant(text: str) -> tuple[str, str]:
+    dtype, _, impl = text.partition(":")
+    impl = impl or "xla"
+    if dtype not in THRESHOLD_BITS:
+        raise SystemExit(f"variant {text!r}: dtype must be one of {sorted(THRESHOLD_BITS)}")
+    winograd.check_impl(impl)
+    return dtype, impl
 
 
 def main(argv=None) -> int:
@@ -45,9 +59,14 @@ def main(argv=None) -> int:
     parser.add_argument("--tfds-dir", type=pathlib.Path, default=REPO / ".cache" / "tfds",
                         help="tensorflow-datasets folder (MIT1003 'twosize' is built there once)")
     parser.add_argument("--models", default="deepgaze1,deepgaze2_vgg16")
+    parser.add_argument("--variants", default="bfloat16:xla,float32:winograd2,float32:winograd4,float32:auto,"
+                                              "bfloat16:winograd2,bfloat16:auto",
+                        help="comma-separated dtype:conv_impl backbones compared with float32:xla")
     parser.add_argument("--images", type=int, default=50, help="images, evenly spaced (0: all)")
-    parser.add_argument("--out", type=pathlib.Path, default=REPO / "experiments" / "results" / "bf16_accuracy")
+    parser.add_argument("--out", type=pathlib.Path, default=REPO / "experiments" / "results" / "backbone_accuracy")
     args = parser.parse_args(argv)
+    variants = [REFERENCE] + [v for v in args.variants.split(",") if v and v != REFERENCE]
+    parsed = {v: parse_variant(v) for v in variants}
     commit = provenance.git_commit()  # the code this run started from
 
     dataset = data_lib.load_mit1003(args.data, "twosize", data_dir=args.tfds_dir)
@@ -58,13 +77,16 @@ def main(argv=None) -> int:
     print(f"{len(indices)} of {len(dataset)} MIT1003 images", file=sys.stderr)
 
     results = {"device": str(jax.devices()[0]), "images": [dataset.image_ids[i] for i in indices],
-               "threshold_bits": THRESHOLD_BITS, "models": {}}
+               "reference": REFERENCE, "threshold_bits": THRESHOLD_BITS, "models": {}}
     for name in [m for m in args.models.split(",") if m]:
         predictor = load_predictor(name)
-        models = {"float32": dataclasses.replace(predictor.model, dtype="float32"),
-                  "bfloat16": dataclasses.replace(predictor.model, dtype="bfloat16")}
-        bits = {d: [] for d in models}
-        max_abs_nats, seconds, counts = 0.0, {d: 0.0 for d in models}, []
+        runs = {}
+        for variant, (dtype, impl) in parsed.items():
+            model = dataclasses.replace(predictor.model, dtype=dtype, conv_impl=impl)
+            backbone = winograd.transform_params(predictor.backbone, model.backbone, impl, dtype)  # once
+            runs[variant] = (model, backbone)
+        bits = {v: [] for v in runs}
+        max_abs_nats, seconds, counts = {v: 0.0 for v in runs}, {v: 0.0 for v in runs}, []
         started = time.time()
         for n, i in enumerate(indices):
             image = np.asarray(dataset.images[i])[None]
@@ -73,62 +95,70 @@ def main(argv=None) -> int:
             xs, ys = fix.x[r][None].astype(np.float32), fix.y[r][None].astype(np.float32)
             mask = np.ones_like(xs, bool)
             out = {}
-            for dtype, model in models.items():
+            for variant, (model, backbone) in runs.items():
                 t = time.perf_counter()
-                out[dtype] = model.apply_ensemble(predictor.backbone, predictor.heads, image, cb).block_until_ready()
-                seconds[dtype] += time.perf_counter() - t
-                ll, _ = log_likelihood(out[dtype], xs, ys, mask)
-                bits[dtype].append(float(ll[0]))
+                out[variant] = model.apply_ensemble(backbone, predictor.heads, image, cb).block_until_ready()
+                seconds[variant] += time.perf_counter() - t
+                ll, _ = log_likelihood(out[variant], xs, ys, mask)
+                bits[variant].append(float(ll[0]))
+                gap = np.abs(np.asarray(out[REFERENCE]) - np.asarray(out[variant])).max()
+                max_abs_nats[variant] = max(max_abs_nats[variant], float(gap))
             counts.append(len(r))
-            gap = np.abs(np.asarray(out["float32"]) - np.asarray(out["bfloat16"])).max()
-            max_abs_nats = max(max_abs_nats, float(gap))
             if n % 10 == 0:
                 print(f"{name}: {n + 1}/{len(indices)} images, {time.time() - started:.0f} s", file=sys.stderr)
         counts = np.asarray(counts, float)
-        per_image = {d: np.asarray(v) for d, v in bits.items()}
-        per_fixation = {d: float((v * counts).sum() / counts.sum()) for d, v in per_image.items()}
-        diff = per_image["bfloat16"] - per_image["float32"]
-        results["models"][name] = {
-            "fixations": int(counts.sum()),
-            "ll_bits_per_fixation": per_fixation,
-            "difference_bits_per_fixation": per_fixation["bfloat16"] - per_fixation["float32"],
-            "per_image_difference_bits": {"mean_abs": float(np.abs(diff).mean()), "max_abs": float(np.abs(diff).max())},
-            "max_abs_log_density_difference_nats": max_abs_nats,
-            "passes": abs(per_fixation["bfloat16"] - per_fixation["float32"]) < THRESHOLD_BITS,
-            "seconds_including_first_compile": seconds,
-        }
-        print(json.dumps(results["models"][name], indent=1), file=sys.stderr)
+        per_image = {v: np.asarray(b) for v, b in bits.items()}
+        per_fixation = {v: float((b * counts).sum() / counts.sum()) for v, b in per_image.items()}
+        doc = {"fixations": int(counts.sum()), "ll_bits_per_fixation": per_fixation, "variants": {}}
+        for variant, (dtype, _) in parsed.items():
+            if variant == REFERENCE:
+                continue
+            diff = per_image[variant] - per_image[REFERENCE]
+            difference = per_fixation[variant] - per_fixation[REFERENCE]
+            doc["variants"][variant] = {
+                "difference_bits_per_fixation": difference,
+                "per_image_difference_bits": {"mean_abs": float(np.abs(diff).mean()),
+                                              "max_abs": float(np.abs(diff).max())},
+                "max_abs_log_density_difference_nats": max_abs_nats[variant],
+                "threshold_bits": THRESHOLD_BITS[dtype],
+                "passes": abs(difference) < THRESHOLD_BITS[dtype],
+            }
+        doc["seconds_including_first_compile"] = seconds
+        results["models"][name] = doc
+        print(json.dumps(doc, indent=1), file=sys.stderr)
 
-    results = provenance.stamped(results, provenance.stamp(provenance.command("experiments/bf16_accuracy.py", argv), commit))
+    results = provenance.stamped(results, provenance.stamp(provenance.command("experiments/backbone_accuracy.py", argv),
+                                                           commit))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(results))
     print(markdown(results))
-    return 0 if all(m["passes"] for m in results["models"].values()) else 1
+    return 0 if all(v["passes"] for m in results["models"].values() for v in m["variants"].values()) else 1
 
 
 def markdown(results: dict) -> str:
     lines = [
-        "# bfloat16 backbone vs float32: log-likelihood on MIT1003",
+        "# Backbone variants against float32 with XLA's convolution: log-likelihood on MIT1003",
         "",
         provenance.markdown_line(results),
         "",
         f"Device {results['device']}: {len(results['images'])} MIT1003 "
         "images (twosize, evenly spaced over the dataset), the shipped predictors (fold ensembles, MIT1003 "
-        "center bias); the backbone in bfloat16, the head in float32. Criterion: |difference| < "
-        f"{results['threshold_bits']} bits/fixation.",
+        "center bias); the backbone as the variant says (dtype : convolution), the head in float32. Criterion: "
+        "|difference| < 0.001 bits/fixation (float32 variants) or 0.01 (bfloat16).",
         "",
-        "| model | fixations | LL float32 | LL bfloat16 | difference | per-image mean / max abs difference "
+        "| model | variant | fixations | LL reference | LL variant | difference | per-image mean / max abs difference "
         "| max abs log-density difference (nats) | passes |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, m in results["models"].items():
         ll = m["ll_bits_per_fixation"]
-        pi = m["per_image_difference_bits"]
-        lines.append(
-            f"| {name} | {m['fixations']} | {ll['float32']:.4f} | {ll['bfloat16']:.4f} "
-            f"| {m['difference_bits_per_fixation']:+.5f} | {pi['mean_abs']:.5f} / {pi['max_abs']:.5f} "
-            f"| {m['max_abs_log_density_difference_nats']:.4f} | {'yes' if m['passes'] else 'NO'} |")
+        for variant, v in m["variants"].items():
+            pi = v["per_image_difference_bits"]
+            lines.append(
+                f"| {name} | {variant} | {m['fixations']} | {ll[results['reference']]:.4f} | {ll[variant]:.4f} "
+                f"| {v['difference_bits_per_fixation']:+.6f} | {pi['mean_abs']:.6f} / {pi['max_abs']:.6f} "
+                f"| {v['max_abs_log_density_difference_nats']:.2e} | {'yes' if v['passes'] else 'NO'} |")
     lines += ["", "LL: bits/fixation relative to uniform, averaged over fixations (the images are mostly training "
               "images of the ensembles' members, so the absolute values are optimistic; the difference is the point)."]
     return "\n".join(lines) + "\n"

@@ -80,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "2-4 min of VGG-19 forward passes at batch 8)")
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--conv-impls", default="xla",
+                        help="comma-separated backbone convolutions of ours (deepgaze_jax.winograd.IMPLS: xla, "
+                             "winograd2, winograd4, auto) in the inference and train_uncached sections; rows "
+                             "other than xla have mode jit-<impl>")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU cores for both frameworks (process affinity + torch threads); default all")
     parser.add_argument("--min-rounds", type=int, default=None, help="timed rounds at least (default 3; --quick 2)")
@@ -301,7 +305,7 @@ class Case:
     section: str
     model: str
     framework: str  # "ours" | "pytorch"
-    mode: str  # "jit" | "eager" | "compile"
+    mode: str  # "jit" | "jit-<conv impl>" (ours, Winograd backbones) | "eager" | "compile"
     dtype: str  # "float32" | "bfloat16"
     batch: int
     run: Callable[[], object] | None = None
@@ -369,9 +373,15 @@ class Frameworks:
 
         from deepgaze_jax.train import Trainer
 
+        from deepgaze_jax import winograd
+
         jax = self.jax
         model, _, params = self.model(case.model)
-        model = dc.replace(model, dtype=case.dtype)
+        conv_impl = case.mode.split("-", 1)[1] if "-" in case.mode else "xla"
+        model = dc.replace(model, dtype=case.dtype, conv_impl=conv_impl)
+        # the filter transform happens once, when a predictor loads (deepgaze_jax.predict.load_predictor)
+        params = {**params, "backbone": winograd.transform_params(params["backbone"], model.backbone, conv_impl,
+                                                                  case.dtype)}
         put = lambda x: jax.device_put(x, self.jax_device)  # noqa: E731
         images = put(data["images"])
         cb_full = put(data["centerbias"])
@@ -489,12 +499,15 @@ class Frameworks:
         case.teardown = restore
         return run
 
-    def cases(self, section: str, model: str, batch: int) -> list[Case]:
-        """Ours first, then PyTorch; the configurations of the issue (head: float32 only)."""
+    def cases(self, section: str, model: str, batch: int, conv_impls: tuple[str, ...] = ("xla",)) -> list[Case]:
+        """Ours first (one row per backbone convolution in sections that run the backbone), then
+        PyTorch; the configurations of the issue (head: float32 only)."""
         dtypes = ("float32", "bfloat16") if section == "inference" else ("float32",)
+        impls = conv_impls if section in ("inference", "train_uncached") else ("xla",)
         out = []
         for dtype in dtypes:
-            out.append(Case(section, model, "ours", "jit", dtype, batch))
+            for impl in impls:
+                out.append(Case(section, model, "ours", "jit" if impl == "xla" else f"jit-{impl}", dtype, batch))
         for mode in ("eager", "compile"):
             for dtype in dtypes:
                 out.append(Case(section, model, "pytorch", mode, dtype, batch))
@@ -512,7 +525,7 @@ def short_error(exc: BaseException) -> str:
 def run_group(fw: Frameworks, section: str, model: str, batch: int, args, log) -> list[Case]:
     """Build, warm up and time the cases of one group, interleaved; return them with their times."""
     data = inputs(batch, fw.height, fw.width, args.fixations)
-    cases = fw.cases(section, model, batch)
+    cases = fw.cases(section, model, batch, tuple(args.conv_impls.split(",")))
     load_before = os.getloadavg()[0]
     for case in cases:
         try:
@@ -762,7 +775,11 @@ def main(argv=None) -> int:
         args.target_seconds = 0.0 if args.quick else (5.0 if device == "gpu" else 8.0)
     sections = [s for s in args.sections.split(",") if s]
     models = [m for m in args.models.split(",") if m]
-    for name, chosen, known in (("section", sections, SECTIONS), ("model", models, KNOWN_MODELS)):
+    from deepgaze_jax.winograd import IMPLS
+
+    conv_impls = [c for c in args.conv_impls.split(",") if c]
+    for name, chosen, known in (("section", sections, SECTIONS), ("model", models, KNOWN_MODELS),
+                                ("conv impl", conv_impls, IMPLS)):
         if unknown := [c for c in chosen if c not in known]:
             log(f"unknown {name}(s) {unknown}; known: {list(known)}")
             return 2
