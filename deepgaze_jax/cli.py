@@ -1,5 +1,5 @@
 """The ``deepgaze`` command: ``predict``, ``scanpath``, ``evaluate``, ``convert``, ``serve``, ``train``,
-``baselines``, ``info``.
+``baselines``, ``info``, ``export-benchmark``.
 
 Exit status: 0 success, 1 a runtime failure (an unreadable image, a missing weights file; with several
 images the others are still processed), 2 a usage error (argparse). Expected errors are one line on
@@ -110,6 +110,10 @@ def _add_model_options(p: argparse.ArgumentParser, scanpath: bool = False) -> No
                         "file from `deepgaze baselines` (.safetensors) or a log density (.npy, any size, "
                         "stretched to the image); default: the one stored with the heads (MIT1003's for the "
                         "shipped predictors)")
+    p.add_argument("--conv-impl", default=None, choices=("xla", "winograd2", "winograd4", "auto"),
+                   help="how the backbone convolves: XLA's convolution (the default), Winograd F(2x2,3x3) or "
+                        "F(4x4,3x3) for every 3x3 layer, or auto (Winograd where it measured faster on this "
+                        "platform; see experiments/BENCHMARKS.md)")
 
 
 def _load_predictor(args: argparse.Namespace, kind: str | None = "static"):
@@ -119,7 +123,8 @@ def _load_predictor(args: argparse.Namespace, kind: str | None = "static"):
 
     name = getattr(args, "model", SCANPATH_MODEL)
     try:
-        return load_predictor(name, args.heads, args.backbone, args.centerbias, kind=kind)
+        return load_predictor(name, args.heads, args.backbone, args.centerbias, kind=kind,
+                              conv_impl=getattr(args, "conv_impl", None))
     except FileNotFoundError as e:
         if args.heads is None and kind == "scanpath":
             raise FileNotFoundError(f"no DeepGaze III scanpath model ships yet (no {name}.safetensors in "
@@ -968,10 +973,88 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- export-benchmark ------------------------------------------------------------------------------
+
+
+def _add_export_benchmark(sub) -> None:
+    from deepgaze_jax.benchmark_export import MAPS
+    from deepgaze_jax.images import MAX_PIXELS
+
+    p = sub.add_parser(
+        "export-benchmark", help="write a submission for the MIT/Tuebingen Saliency Benchmark",
+        description="Predict every image of STIMULI_DIR and write what the MIT/Tuebingen Saliency Benchmark "
+                    "(saliency.tuebingen.ai) reads of a probabilistic model: OUT/log_density/<stem>.npy (the "
+                    "log density, float32 nats, logsumexp 0, the stimulus' stored shape), one folder of "
+                    "metric-specific saliency maps per metric (OUT/AUC, NSS, sAUC, CC, KLDiv, SIM; Kuemmerer et "
+                    "al. 2018) and OUT/manifest.json (model, settings, stimuli, sha256 of every file). Files of "
+                    "the folder that are not images (by suffix) are skipped and listed. A second run resumes: "
+                    "files that verify are kept, missing or damaged ones rewritten.",
+    )
+    p.add_argument("stimuli", type=pathlib.Path, metavar="STIMULI_DIR", help="the folder of stimuli (not recursive)")
+    _add_model_options(p)
+    p.add_argument("--out", type=pathlib.Path, required=True, help="the export folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an export of another model or other settings in --out (its folders and "
+                        "manifest only)")
+    p.add_argument("--sigma", type=float, default=24.0,
+                   help="Gaussian of the CC, KLDiv and SIM maps in pixels (default 24, the benchmark's for MIT300)")
+    p.add_argument("--blur-mode", default="constant", choices=("constant", "reflect", "nearest", "mirror", "wrap"),
+                   help="boundary rule of that blur (default constant: zero padding, as the benchmark)")
+    p.add_argument("--sim-map", default="blurred", choices=("blurred", "optimal"),
+                   help="SIM/ holds the blurred density (default, as CC) or the map of highest expected SIM "
+                        "(as the benchmark computes it; about 2 CPU-minutes per 768x1024 image, meant for a GPU)")
+    p.add_argument("--sim-fixations", type=_positive_int, default=100,
+                   help="fixations per sampled empirical map of --sim-map optimal (default 100, as the "
+                        "benchmark for MIT1003; it uses 260 for MIT300)")
+    p.add_argument("--maps", type=_benchmark_maps, default=MAPS, metavar="all|none|AUC,NSS,...",
+                   help=f"the map folders to write, of {','.join(MAPS)} (default all; none: the log densities "
+                        "alone, the probabilistic submission; each folder costs 4 bytes per pixel per stimulus, "
+                        "about 3 MB for a 1024x768 image)")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="images of one size per batch (default 4)")
+    p.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
+                   help=f"refuse images of more pixels than this (default {MAX_PIXELS})")
+    p.set_defaults(func=_export_benchmark)
+
+
+def _benchmark_maps(text: str) -> tuple[str, ...]:
+    from deepgaze_jax.benchmark_export import MAPS
+
+    if text in ("all", "none"):
+        return MAPS if text == "all" else ()
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in MAPS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected all, none or a comma-separated list of {','.join(MAPS)}")
+    return tuple(names)
+
+
+def _export_benchmark(args: argparse.Namespace) -> int:
+    from deepgaze_jax import benchmark_export
+
+    command = "deepgaze " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepgaze") else None
+    try:
+        settings = benchmark_export.ExportSettings(args.sigma, args.blur_mode, args.sim_map, args.sim_fixations,
+                                                   maps=args.maps)
+        # The export loads the predictor itself (after refusing a folder of another model), unless an
+        # option only the command's loader knows is given.
+        predictor = _load_predictor(args) if getattr(args, "conv_impl", None) is not None else None
+        summary = benchmark_export.export_benchmark(
+            args.stimuli, args.out, model=args.model, heads=args.heads, backbone=args.backbone,
+            centerbias=args.centerbias, settings=settings, batch_size=args.batch_size, overwrite=args.overwrite,
+            max_pixels=args.max_pixels, progress=True, command=command, predictor=predictor)
+    except (OSError, ValueError) as e:  # bad input (ExportError, a predictor of the other kind): 2; a missing file: 1
+        error(e)
+        return 1 if isinstance(e, OSError) else 2
+    for line in summary.failed:
+        error(line)
+    print(printable(summary.report()))
+    return 0 if summary.complete else 1
+
+
 # --- main ------------------------------------------------------------------------------------------
 
 COMMANDS: tuple[Callable, ...] = (_add_predict, _add_scanpath, _add_evaluate, _add_convert, _add_serve, _add_train, _add_baselines,
-                                 _add_info)
+                                 _add_info, _add_export_benchmark)
 
 
 def build_parser() -> argparse.ArgumentParser:
