@@ -159,15 +159,16 @@ class Rule:
 
 
 #: ``"auto"``'s rules by (platform, dtype), read off ``experiments/results/winograd_layers_vgg16_768x1024.md``
-#: (per-layer timings on the quiet 2-core CPU): F(4x4, 3x3) beat XLA's convolution on VGG-16's blocks 4 and
-#: 5 (2.2-2.4x) and on block 3's 256-channel layers (1.05x), lost on every layer with fewer input channels
+#: and ``..._alexnet_768x1024.md`` (per-layer timings on the quiet 2-core CPU): F(4x4, 3x3) beat XLA's
+#: convolution on VGG-16's blocks 4 and 5 (2.2-2.4x), on block 3's 256-channel layers (1.05x) and on
+#: AlexNet's conv3-5 (192-384 channels, 1.2-1.3x), lost on every layer with 128 or fewer input channels
 #: or more pixels (the transforms' memory traffic: 226 MB written for conv1_2 against 101 MB for the direct
 #: convolution's input and output). In bfloat16 F(4x4, 3x3) rounds up to 20x worse than a direct bfloat16
 #: convolution (tests/test_winograd.py), so bfloat16 uses F(2x2, 3x3), 1.1-3x faster on the same layers.
 #: Platforms without a rule (GPUs: cuDNN) use XLA.
 AUTO_RULES: dict[tuple[str, str], Rule] = {
-    ("cpu", "float32"): Rule(tile=4, min_channels=256, max_pixels=96 * 128),
-    ("cpu", "bfloat16"): Rule(tile=2, min_channels=256, max_pixels=96 * 128),
+    ("cpu", "float32"): Rule(tile=4, min_channels=192, max_pixels=96 * 128),
+    ("cpu", "bfloat16"): Rule(tile=2, min_channels=192, max_pixels=96 * 128),
 }
 
 
