@@ -4,9 +4,9 @@
 
 The feature cache (:func:`deepgaze_jax.feature_cache.compute_features`, batch 4, as the cache builds it)
 runs the frozen VGG-16 of the shipped DeepGaze II over ``--images`` MIT1003 "twosize" images (evenly spaced
-over the dataset, both orientations) once per convolution ``conv_impl`` (:mod:`deepgaze_jax.winograd`),
-the implementations alternating chunk by chunk so that load drifts hit all alike (after one warm-up chunk
-of each, which compiles). Prints and writes the seconds per image, the speed ratio against ``xla`` and the
+over the dataset, both orientations) once per convolution ``conv_impl`` (:mod:`deepgaze_jax.winograd`), in
+the batches the cache makes (images of one size, 4 at a time), the implementations alternating batch by
+batch so that load drifts hit all alike, after every batch shape has been compiled. Prints and writes the seconds per image, the speed ratio against ``xla`` and the
 largest relative difference of the features from ``xla``'s, to
 ``experiments/results/feature_pass_speed.{json,md}``, stamped (:mod:`deepgaze_jax.provenance`). The whole
 1003-image pass scales by the image count.
@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 from deepgaze_jax import data as data_lib  # noqa: E402
 from deepgaze_jax import provenance, registry, winograd  # noqa: E402
 from deepgaze_jax.feature_cache import compute_features  # noqa: E402
+from deepgaze_jax.images import batches_by_size  # noqa: E402
 from deepgaze_jax.pretrained import load_backbone  # noqa: E402
 
 
@@ -39,7 +40,6 @@ def main(argv=None) -> int:
     parser.add_argument("--tfds-dir", type=pathlib.Path, default=REPO / ".cache" / "tfds")
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--impls", default="xla,auto")
-    parser.add_argument("--chunk", type=int, default=8, help="images per alternation")
     parser.add_argument("--out", type=pathlib.Path, default=REPO / "experiments" / "results" / "feature_pass_speed")
     args = parser.parse_args(argv)
     commit = provenance.git_commit()
@@ -57,19 +57,20 @@ def main(argv=None) -> int:
     for impl in impls:
         model = dataclasses.replace(base, conv_impl=impl)
         runs[impl] = (model, winograd.transform_params(backbone, model.backbone, impl, model.dtype))
-    # warm-up: compile both image orientations for each implementation
-    shapes = {img.shape: i for i, img in enumerate(images)}
+    # the batches the cache makes (images of one size, 4 at a time); warm-up: compile every batch shape
+    batches = list(batches_by_size([img.shape for img in images], 4))
+    shapes = {(len(b), images[b[0]].shape): b for b in batches}
     for model, params in runs.values():
-        compute_features(model, params, [images[i] for i in shapes.values()], progress=False)
+        for batch in shapes.values():
+            compute_features(model, params, [images[i] for i in batch], progress=False)
     seconds = {impl: 0.0 for impl in impls}
     features = {impl: [] for impl in impls}
     load = [os.getloadavg()[0]]
-    for start in range(0, len(images), args.chunk):
-        chunk = images[start:start + args.chunk]
-        for impl in (impls if (start // args.chunk) % 2 == 0 else impls[::-1]):
+    for n, batch in enumerate(batches):
+        for impl in (impls if n % 2 == 0 else impls[::-1]):
             model, params = runs[impl]
             t = time.perf_counter()
-            features[impl] += compute_features(model, params, chunk, progress=False)
+            features[impl] += compute_features(model, params, [images[i] for i in batch], progress=False)
             seconds[impl] += time.perf_counter() - t
         load.append(os.getloadavg()[0])
     rows = {}
@@ -87,8 +88,8 @@ def main(argv=None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     lines = ["# MIT1003 feature pass of DeepGaze II (VGG-16) by backbone convolution", "",
              provenance.markdown_line(results), "",
-             f"{len(images)} MIT1003 twosize images (evenly spaced), batch 4 as the feature cache; the implementations "
-             f"alternate every {args.chunk} images; 1-minute load average {min(load):.1f}-{max(load):.1f}.", "",
+             f"{len(images)} MIT1003 twosize images (evenly spaced), in the feature cache's batches (4 images of one "
+             f"size); the implementations alternate batch by batch, each batch shape compiled before; 1-minute load average {min(load):.1f}-{max(load):.1f}.", "",
              "| conv_impl | s/image | speed vs xla | whole MIT1003 (1003 images) | max relative feature difference |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for impl, row in rows.items():
