@@ -233,6 +233,7 @@ def predictor_identity(predictor, name: str, heads_file: str | os.PathLike,
     """The manifest's ``model``: what the predictions come from. ``heads_sha256`` (the predictor file),
     ``backbone_sha256`` (its parameters, :func:`_fingerprint`) and ``centerbias_sha256`` (its log
     density at 97x131, float32) identify it; the other fields say it in words."""
+    from deepgaze_jax import winograd
     from deepgaze_jax.predict import describe
 
     cb = np.ascontiguousarray(np.asarray(predictor.centerbias(_CENTERBIAS_PROBE), np.float32))
@@ -242,7 +243,8 @@ def predictor_identity(predictor, name: str, heads_file: str | os.PathLike,
         "heads_file": str(heads_file),
         "heads_sha256": sha256_file(heads_file),
         "backbone": str(backbone) if backbone is not None else f"bundled {predictor.model.backbone}",
-        "backbone_sha256": _fingerprint(predictor.backbone),
+        "backbone_sha256": _fingerprint(predictor.backbone),  # with Winograd's transformed kernels, if any
+        "conv_impl": winograd.describe(predictor.model.conv_impl, predictor.model.dtype),
         "centerbias": str(centerbias) if centerbias is not None else "stored with the heads",
         "centerbias_sha256": hashlib.sha256(cb.tobytes()).hexdigest(),
         "code_commit": provenance.git_commit(),

@@ -148,3 +148,23 @@ def test_whole_models_agree_and_winograd_features_have_their_own_cache_key():
             assert key["model"]["conv_impl"] == {"impl": impl}
         key = feature_cache.cache_key(model, params["backbone"], "d", ["a"], np.array([[96, 128]]))
         assert "conv_impl" not in key["model"]
+
+
+def test_load_predictor_transforms_the_filters_once_and_predicts_the_same(tmp_path, capsys):
+    from deepgaze_jax import cli
+    from deepgaze_jax.predict import load_predictor
+
+    image = np.random.RandomState(3).randint(0, 255, (96, 128, 3)).astype(np.uint8)
+    direct_predictor = load_predictor("deepgaze1")
+    fast = load_predictor("deepgaze1", conv_impl="winograd4")
+    assert fast.model.conv_impl == "winograd4" and direct_predictor.model.conv_impl == "xla"
+    assert "winograd4" in fast.backbone["conv3"] and "winograd4" not in direct_predictor.backbone["conv3"]
+    assert np.abs(fast.predict(image) - direct_predictor.predict(image)).max() < 1e-4
+    from PIL import Image
+
+    Image.fromarray(image).save(tmp_path / "a.png")
+    assert cli.main(["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--conv-impl", "auto"]) == 0
+    assert np.abs(np.load(tmp_path / "out" / "a.npy") - direct_predictor.predict(image)).max() < 1e-4
+    with pytest.raises(SystemExit):
+        cli.main(["predict", str(tmp_path / "a.png"), "--conv-impl", "fft"])
+    assert "invalid choice: 'fft'" in capsys.readouterr().err
