@@ -38,6 +38,41 @@ def _static(name: str, metrics_file: str, **fields) -> model_card.ModelCard:
                                 results=(metrics_file, fields.pop("summary_file"), GOLD_STANDARD), **fields)
 
 
+IIE_PRETRAIN = "--model deepgaze2_vgg16_iie --extra-data ../shared/data/OSIE --recipe pretrain"
+
+
+def _deepgaze2(meta: dict) -> model_card.ModelCard:
+    """The shipped DeepGaze II's card: which run it is comes from the file's own command."""
+    if IIE_PRETRAIN in meta["command"]:
+        seeds = int(meta["seeds_per_fold"])
+        stem = f"deepgaze2_vgg16_iie{'' if seeds == 1 else f'_{seeds}seeds'}_pretrain_osie_crossval"
+        return _static(
+            "deepgaze2_vgg16", f"{stem}_metrics.json", summary_file=f"{stem}.json",
+            model=("DeepGaze II features (VGG-16 block 5: conv5_1, relu5_1, relu5_2, conv5_3, relu5_3; frozen "
+                   "ImageNet backbone) with the DeepGaze IIE readout (layer norm, 1x1 convs 8-16-1, softplus), "
+                   "blur, center bias"),
+            trained_on=(f"pre-trained on all of OSIE (700 images), then fitted on each MIT1003 training fold "
+                        f"(twosize, conventional filtering), 10-fold cross-validation, {seeds} seeds per fold "
+                        "(pre-training and fine-tuning); OSIE never tested on"),
+            command=meta["command"], commit=meta["commit"],
+            backbone=model_card.BACKBONE_PROVENANCE["vgg16"], data_licences=WITH_OSIE,
+            notes=("The paper (Kuemmerer et al. 2017): 87 % with VGG-19 and SALICON pre-training; OSIE stands "
+                   "in for SALICON here."))
+    return _static(
+        "deepgaze2_vgg16", "deepgaze2_vgg16_3seeds_plus_joint_osie_crossval_metrics.json",
+        summary_file="deepgaze2_vgg16_3seeds_plus_joint_osie_crossval.md",
+        model=("DeepGaze II: a 16-32-2-1 1x1-conv readout of VGG-16 block 5 (conv5_1, relu5_1, relu5_2, "
+               "conv5_3, relu5_3; frozen ImageNet backbone), blur, center bias"),
+        trained_on=("MIT1003 (twosize, conventional filtering), 10-fold cross-validation: per fold the "
+                    "ensemble of 3 seeds trained on MIT1003 alone and 1 readout trained jointly on OSIE "
+                    "(all 700 images) and the fold's MIT1003 training images, equal weights fixed "
+                    f"beforehand ({meta.get('mixed_from', '')}); OSIE never tested on"),
+        command=meta["command"], commit=meta["commit"],
+        backbone=model_card.BACKBONE_PROVENANCE["vgg16"], data_licences=WITH_OSIE,
+        notes=("The paper (Kuemmerer et al. 2017): 87 % with VGG-19 and SALICON pre-training, neither "
+               "of which is available here."))
+
+
 def build_cards() -> dict[str, model_card.ModelCard]:
     """The card of every shipped predictor (by file stem), from the committed results."""
     deepgaze1 = _load("deepgaze1_crossval.json")
@@ -53,19 +88,7 @@ def build_cards() -> dict[str, model_card.ModelCard]:
             commit="not recorded by the run; the file was committed in d16b35e",
             backbone=model_card.BACKBONE_PROVENANCE["alexnet"], data_licences=MIT1003,
             notes="The paper (Kuemmerer et al. 2015): 56 % explained information gain."),
-        "deepgaze2_vgg16": _static(
-            "deepgaze2_vgg16", "deepgaze2_vgg16_3seeds_plus_joint_osie_crossval_metrics.json",
-            summary_file="deepgaze2_vgg16_3seeds_plus_joint_osie_crossval.md",
-            model=("DeepGaze II: a 16-32-2-1 1x1-conv readout of VGG-16 block 5 (conv5_1, relu5_1, relu5_2, "
-                   "conv5_3, relu5_3; frozen ImageNet backbone), blur, center bias"),
-            trained_on=("MIT1003 (twosize, conventional filtering), 10-fold cross-validation: per fold the "
-                        "ensemble of 3 seeds trained on MIT1003 alone and 1 readout trained jointly on OSIE "
-                        "(all 700 images) and the fold's MIT1003 training images, equal weights fixed "
-                        f"beforehand ({dg2_meta.get('mixed_from', '')}); OSIE never tested on"),
-            command=dg2_meta["command"], commit=dg2_meta["commit"],
-            backbone=model_card.BACKBONE_PROVENANCE["vgg16"], data_licences=WITH_OSIE,
-            notes=("The paper (Kuemmerer et al. 2017): 87 % with VGG-19 and SALICON pre-training, neither "
-                   "of which is available here.")),
+        "deepgaze2_vgg16": _deepgaze2(dg2_meta),
         "deepgaze3_vgg16": model_card.ModelCard(
             name="deepgaze3_vgg16", kind="scanpath",
             model=("DeepGaze III: the DeepGaze IIE saliency network (layer norm, 8-16-1, softplus) on VGG-16 "

@@ -65,7 +65,7 @@ def test_the_transforms_are_exact_on_a_hand_case():
         np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["winograd2", "winograd4", "auto"])
+@pytest.mark.parametrize("impl", ["winograd2", "winograd4"])  # auto mixes these with XLA per layer
 @pytest.mark.parametrize("arch,size", [("alexnet", (83, 101)), ("vgg16", (70, 90)), ("vgg19", (77, 61))])
 def test_every_layer_matches_torchvision_and_the_direct_backbone(arch, size, impl):
     """Every named layer of the Winograd backbone against torchvision (random weights) and against our
