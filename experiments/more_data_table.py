@@ -32,6 +32,8 @@ ROWS = [
     ("DeepGaze II (VGG-16)", "OSIE folds", None, "deepgaze2_vgg16_on_osie_crossval", None),
     ("DeepGaze II features, IIE readout", "all of OSIE, then MIT1003 folds", "deepgaze2_vgg16_iie_pretrain_osie_crossval",
      None, None),
+    ("DeepGaze II features, IIE readout, 3 seeds", "all of OSIE, then MIT1003 folds",
+     "deepgaze2_vgg16_iie_3seeds_pretrain_osie_crossval", None, None),
 ]
 
 
