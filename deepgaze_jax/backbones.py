@@ -168,8 +168,7 @@ class Backbone(nn.Module):
                 features, kernel, stride, padding = args
                 out = [(s + 2 * padding - kernel) // stride + 1 for s in x.shape[1:3]]
                 _check_size(self.arch, name, images.shape, out)
-                tile = winograd.tile_for(self.conv_impl, kernel, stride, padding, x.shape, features,
-                                         jnp.dtype(self.dtype))
+                tile = winograd.tile_for(self.conv_impl, kernel, stride, padding, x.shape, jnp.dtype(self.dtype))
                 if tile:
                     x = _WinogradConv(features, tile, self.dtype, name=name)(x)
                 else:

@@ -211,19 +211,6 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _fingerprint(tree) -> str:
-    """sha256 over a pytree's leaves (key paths, dtypes, shapes and bytes), independent of their order."""
-    import jax
-
-    digest = hashlib.sha256()
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
-        array = np.ascontiguousarray(np.asarray(leaf))
-        digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype.str}:{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
 #: The size at which the center bias is fingerprinted (any fixed size tells two center biases apart).
 _CENTERBIAS_PROBE = (97, 131)
 
@@ -231,9 +218,10 @@ _CENTERBIAS_PROBE = (97, 131)
 def predictor_identity(predictor, name: str, heads_file: str | os.PathLike,
                        backbone: str | os.PathLike | None = None, centerbias: str | None = None) -> dict:
     """The manifest's ``model``: what the predictions come from. ``heads_sha256`` (the predictor file),
-    ``backbone_sha256`` (its parameters, :func:`_fingerprint`) and ``centerbias_sha256`` (its log
+    ``backbone_sha256`` (its parameters, :func:`deepgaze_jax.feature_cache.params_digest`) and ``centerbias_sha256`` (its log
     density at 97x131, float32) identify it; the other fields say it in words."""
     from deepgaze_jax import winograd
+    from deepgaze_jax.feature_cache import params_digest
     from deepgaze_jax.predict import describe
 
     cb = np.ascontiguousarray(np.asarray(predictor.centerbias(_CENTERBIAS_PROBE), np.float32))
@@ -243,7 +231,7 @@ def predictor_identity(predictor, name: str, heads_file: str | os.PathLike,
         "heads_file": str(heads_file),
         "heads_sha256": sha256_file(heads_file),
         "backbone": str(backbone) if backbone is not None else f"bundled {predictor.model.backbone}",
-        "backbone_sha256": _fingerprint(predictor.backbone),  # with Winograd's transformed kernels, if any
+        "backbone_sha256": params_digest(predictor.backbone),  # with Winograd's transformed kernels, if any
         "conv_impl": winograd.describe(predictor.model.conv_impl, predictor.model.dtype),
         "centerbias": str(centerbias) if centerbias is not None else "stored with the heads",
         "centerbias_sha256": hashlib.sha256(cb.tobytes()).hexdigest(),

@@ -124,7 +124,9 @@ def write(path: str | os.PathLike[str], card: ModelCard) -> None:
     tree, metadata = load_params(path)
     if "model_config" not in metadata:
         raise ModelCardError(f"{path}: not a predictor file (no model_config in its metadata)")
-    kind = "scanpath" if json.loads(metadata["model_config"]).get("kind") == "deepgaze3" else "static"
+    from deepgaze_jax.predict import DEEPGAZE3_KIND  # jax: only where a card is written
+
+    kind = "scanpath" if json.loads(metadata["model_config"]).get("kind") == DEEPGAZE3_KIND else "static"
     if kind != card.kind:
         raise ModelCardError(f"{path}: holds a {kind} model, but the card {card.name!r} describes a {card.kind} one")
     metadata = {k: v for k, v in metadata.items() if k not in ("format", "version")}

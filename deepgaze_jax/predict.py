@@ -345,10 +345,7 @@ def load_predictor(name: str = "deepgaze1", path: str | pathlib.Path | None = No
         wanted = "a scanpath model (DeepGaze III)" if kind == "scanpath" else "a static saliency model"
         raise ModelKindError(f"{path}: holds {describe(model)}, not {wanted}")
     backbone = load_backbone(model.backbone, backbone_path)
-    if conv_impl is not None:
-        model = with_conv_impl(model, conv_impl)
-    spatial = model.spatial if scanpath else model
-    backbone = winograd.transform_params(backbone, spatial.backbone, spatial.conv_impl, spatial.dtype)
+    model, backbone = with_conv_impl(model, conv_impl, backbone)
     prior = (centerbias_lib.from_tree(tree["centerbias"], str(path)).log_density if centerbias is None
              else centerbias_lib.resolve(centerbias))
     heads = jax.tree.map(jnp.asarray, tree["heads"])
@@ -357,11 +354,15 @@ def load_predictor(name: str = "deepgaze1", path: str | pathlib.Path | None = No
     return Predictor(model, backbone, heads, prior, ensemble=True)
 
 
-def with_conv_impl(model: AnyModel, conv_impl: str) -> AnyModel:
-    """``model`` with its backbone convolving by ``conv_impl`` (a DeepGaze III's spatial model)."""
-    if isinstance(model, deepgaze3_lib.DeepGazeIII):
-        return dataclasses.replace(model, spatial=dataclasses.replace(model.spatial, conv_impl=conv_impl))
-    return dataclasses.replace(model, conv_impl=conv_impl)
+def with_conv_impl(model: AnyModel, conv_impl: str | None, backbone: dict) -> tuple[AnyModel, dict]:
+    """``model`` with its backbone (a DeepGaze III's spatial model's) convolving by ``conv_impl`` (None:
+    as it is), and ``backbone`` with the Winograd filters that needs, transformed once here."""
+    scanpath = isinstance(model, deepgaze3_lib.DeepGazeIII)
+    spatial = model.spatial if scanpath else model
+    if conv_impl is not None:
+        spatial = dataclasses.replace(spatial, conv_impl=conv_impl)
+        model = dataclasses.replace(model, spatial=spatial) if scanpath else spatial
+    return model, winograd.transform_params(backbone, spatial.backbone, spatial.conv_impl, spatial.dtype)
 
 
 def load_scanpath_predictor(path: str | pathlib.Path | None = None,

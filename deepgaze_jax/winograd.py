@@ -172,7 +172,12 @@ AUTO_RULES: dict[tuple[str, str], Rule] = {
 }
 
 
-def tile_for(impl: str, kernel: int, stride: int, padding: int, input_shape: Sequence[int], features: int,
+def auto_rule(dtype, platform: str | None = None) -> Rule | None:
+    """``"auto"``'s rule for ``dtype`` on ``platform`` (default: JAX's), None where it keeps XLA."""
+    return AUTO_RULES.get((platform or jax.default_backend(), jnp.dtype(dtype).name))
+
+
+def tile_for(impl: str, kernel: int, stride: int, padding: int, input_shape: Sequence[int],
              dtype, platform: str | None = None) -> int:
     """The Winograd output tile a conv layer uses under ``impl`` (0: XLA's convolution). Only 3x3,
     stride-1, padding-1 layers can; ``input_shape`` is the layer's NHWC input."""
@@ -181,11 +186,9 @@ def tile_for(impl: str, kernel: int, stride: int, padding: int, input_shape: Seq
         return 0
     if impl != "auto":
         return int(impl[-1])
-    rule = AUTO_RULES.get((platform or jax.default_backend(), jnp.dtype(dtype).name))
-    if rule is None:
-        return 0
+    rule = auto_rule(dtype, platform)
     _, height, width, channels = input_shape
-    return rule.tile if channels >= rule.min_channels and height * width <= rule.max_pixels else 0
+    return rule.tile if rule and channels >= rule.min_channels and height * width <= rule.max_pixels else 0
 
 
 def tiles_needed(impl: str, channels: int, dtype, platform: str | None = None) -> tuple[int, ...]:
@@ -195,7 +198,7 @@ def tiles_needed(impl: str, channels: int, dtype, platform: str | None = None) -
         return ()
     if impl != "auto":
         return (int(impl[-1]),)
-    rule = AUTO_RULES.get((platform or jax.default_backend(), jnp.dtype(dtype).name))
+    rule = auto_rule(dtype, platform)
     return (rule.tile,) if rule is not None and channels >= rule.min_channels else ()
 
 
@@ -227,6 +230,6 @@ def describe(impl: str, dtype="float32", platform: str | None = None) -> dict:
     platform = platform or jax.default_backend()
     doc: dict = {"impl": impl}
     if impl == "auto":
-        rule = AUTO_RULES.get((platform, jnp.dtype(dtype).name))
+        rule = auto_rule(dtype, platform)
         doc.update(platform=platform, rule=dataclasses.asdict(rule) if rule else None)
     return doc

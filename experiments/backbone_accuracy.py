@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from deepgaze_jax import data as data_lib  # noqa: E402
 from deepgaze_jax import provenance, winograd  # noqa: E402
 from deepgaze_jax.likelihood import log_likelihood  # noqa: E402
-from deepgaze_jax.predict import load_predictor  # noqa: E402
+from deepgaze_jax.predict import load_predictor, with_conv_impl  # noqa: E402
 
 THRESHOLD_BITS = {"float32": 0.001, "bfloat16": 0.01}
 REFERENCE = "float32:xla"
@@ -82,9 +82,7 @@ def main(argv=None) -> int:
         predictor = load_predictor(name)
         runs = {}
         for variant, (dtype, impl) in parsed.items():
-            model = dataclasses.replace(predictor.model, dtype=dtype, conv_impl=impl)
-            backbone = winograd.transform_params(predictor.backbone, model.backbone, impl, dtype)  # once
-            runs[variant] = (model, backbone)
+            runs[variant] = with_conv_impl(dataclasses.replace(predictor.model, dtype=dtype), impl, predictor.backbone)
         bits = {v: [] for v in runs}
         max_abs_nats, seconds, counts = {v: 0.0 for v in runs}, {v: 0.0 for v in runs}, []
         started = time.time()

@@ -373,15 +373,14 @@ class Frameworks:
 
         from deepgaze_jax.train import Trainer
 
-        from deepgaze_jax import winograd
+        from deepgaze_jax.predict import with_conv_impl
 
         jax = self.jax
         model, _, params = self.model(case.model)
         conv_impl = case.mode.split("-", 1)[1] if "-" in case.mode else "xla"
-        model = dc.replace(model, dtype=case.dtype, conv_impl=conv_impl)
-        # the filter transform happens once, when a predictor loads (deepgaze_jax.predict.load_predictor)
-        params = {**params, "backbone": winograd.transform_params(params["backbone"], model.backbone, conv_impl,
-                                                                  case.dtype)}
+        # the filter transform happens once, as when a predictor loads (deepgaze_jax.predict.load_predictor)
+        model, backbone = with_conv_impl(dc.replace(model, dtype=case.dtype), conv_impl, params["backbone"])
+        params = {**params, "backbone": backbone}
         put = lambda x: jax.device_put(x, self.jax_device)  # noqa: E731
         images = put(data["images"])
         cb_full = put(data["centerbias"])

@@ -15,7 +15,6 @@ largest relative difference of the features from ``xla``'s, to
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pathlib
@@ -31,6 +30,7 @@ from deepgaze_jax import data as data_lib  # noqa: E402
 from deepgaze_jax import provenance, registry, winograd  # noqa: E402
 from deepgaze_jax.feature_cache import compute_features  # noqa: E402
 from deepgaze_jax.images import batches_by_size  # noqa: E402
+from deepgaze_jax.predict import with_conv_impl  # noqa: E402
 from deepgaze_jax.pretrained import load_backbone  # noqa: E402
 
 
@@ -53,10 +53,7 @@ def main(argv=None) -> int:
     images = [np.asarray(dataset.images[i]) for i in indices]
     base = registry.build("deepgaze2_vgg16")
     backbone = load_backbone(base.backbone)
-    runs = {}
-    for impl in impls:
-        model = dataclasses.replace(base, conv_impl=impl)
-        runs[impl] = (model, winograd.transform_params(backbone, model.backbone, impl, model.dtype))
+    runs = {impl: with_conv_impl(base, impl, backbone) for impl in impls}
     # the batches the cache makes (images of one size, 4 at a time); warm-up: compile every batch shape
     batches = list(batches_by_size([img.shape for img in images], 4))
     shapes = {(len(b), images[b[0]].shape): b for b in batches}

@@ -15,7 +15,7 @@ import json
 import pathlib
 import sys
 
-from deepgaze_jax import model_card
+from deepgaze_jax import crossval, model_card
 from deepgaze_jax.params_io import load_params
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def _deepgaze2(meta: dict) -> model_card.ModelCard:
     """The shipped DeepGaze II's card: which run it is comes from the file's own command."""
     if IIE_PRETRAIN in meta["command"]:
         seeds = int(meta["seeds_per_fold"])
-        stem = f"deepgaze2_vgg16_iie{'' if seeds == 1 else f'_{seeds}seeds'}_pretrain_osie_crossval"
+        stem = crossval.results_name("deepgaze2_vgg16_iie", seeds, extras=["osie"], recipe="pretrain") + "_crossval"
         return _static(
             "deepgaze2_vgg16", f"{stem}_metrics.json", summary_file=f"{stem}.json",
             model=("DeepGaze II features (VGG-16 block 5: conv5_1, relu5_1, relu5_2, conv5_3, relu5_3; frozen "

@@ -110,13 +110,13 @@ def test_auto_uses_the_rule_of_the_platform():
     rule = winograd.AUTO_RULES[("cpu", "float32")]
     small = (1, 24, 32, rule.min_channels)
     large = (1, 384, 512, rule.min_channels)
-    assert winograd.tile_for("auto", 3, 1, 1, small, 512, "float32", platform="cpu") == rule.tile
-    assert winograd.tile_for("auto", 3, 1, 1, large, 512, "float32", platform="cpu") == 0
-    assert winograd.tile_for("auto", 3, 1, 1, (1, 24, 32, 3), 64, "float32", platform="cpu") == 0
-    assert winograd.tile_for("auto", 3, 1, 1, small, 512, "float32", platform="gpu") == 0  # cuDNN stays
-    assert winograd.tile_for("winograd2", 3, 1, 1, large, 512, "float32") == 2
-    assert winograd.tile_for("winograd4", 11, 4, 2, large, 64, "float32") == 0  # AlexNet's conv1
-    assert winograd.tile_for("winograd4", 5, 1, 2, large, 64, "float32") == 0  # and conv2
+    assert winograd.tile_for("auto", 3, 1, 1, small, "float32", platform="cpu") == rule.tile
+    assert winograd.tile_for("auto", 3, 1, 1, large, "float32", platform="cpu") == 0
+    assert winograd.tile_for("auto", 3, 1, 1, (1, 24, 32, 3), "float32", platform="cpu") == 0
+    assert winograd.tile_for("auto", 3, 1, 1, small, "float32", platform="gpu") == 0  # cuDNN stays
+    assert winograd.tile_for("winograd2", 3, 1, 1, large, "float32") == 2
+    assert winograd.tile_for("winograd4", 11, 4, 2, large, "float32") == 0  # AlexNet's conv1
+    assert winograd.tile_for("winograd4", 5, 1, 2, large, "float32") == 0  # and conv2
 
 
 def test_bad_options_are_one_line_errors():
