@@ -1076,6 +1076,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return convert_main(argv[1:], prog="deepgaze convert")
     args = build_parser().parse_args(argv)
+    from deepgaze_jax import compile_cache
+
+    compile_cache.enable()
     try:
         return args.func(args)
     except KeyboardInterrupt:
