@@ -23,8 +23,8 @@ ENV = "DEEPGAZE_COMPILATION_CACHE"
 OFF = ("off", "0", "false", "no", "none")
 #: The cache's size bound; JAX evicts the least recently used entries beyond it.
 MAX_BYTES = 2 << 30
-#: Programs that compile faster than this are not kept (the eager filter transforms, small reshapes).
-MIN_COMPILE_SECONDS = 0.2
+#: Every program is kept, however fast it compiles: a predictor's start runs dozens of small ones.
+MIN_COMPILE_SECONDS = 0.0
 
 log = logging.getLogger(__name__)
 

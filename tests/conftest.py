@@ -12,6 +12,9 @@ import pathlib
 # environment before jax is imported, so that subprocesses (the CLI tests) run strict too.
 os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
 os.environ["JAX_NUMPY_DTYPE_PROMOTION"] = "strict"
+# The CLI's persistent compilation cache stays off in tests (tests/test_compile_cache.py turns it on in
+# its own subprocesses), so no test reads what an earlier run compiled, nor writes to ~/.cache.
+os.environ["DEEPGAZE_COMPILATION_CACHE"] = "off"
 
 import pytest
 
