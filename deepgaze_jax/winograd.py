@@ -17,6 +17,7 @@ output cropped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -98,6 +99,7 @@ def _combine(matrix: np.ndarray, parts: Sequence[jax.Array]) -> list[jax.Array]:
     return out
 
 
+@functools.partial(jax.jit, static_argnums=3)
 def conv3x3(x: jax.Array, transformed: jax.Array, bias: jax.Array | None, m: int) -> jax.Array:
     """A 3x3, stride-1, padding-1 convolution of ``(B, H, W, C_in)`` ``x`` by Winograd F(m x m, 3 x 3).
 
