@@ -112,9 +112,10 @@ def _add_model_options(p: argparse.ArgumentParser, scanpath: bool = False) -> No
                         "shipped predictors)")
     p.add_argument("--conv-impl", default=None, choices=("xla", "winograd2", "winograd4", "auto"),
                    help="how the backbone convolves: xla (the default), auto (Winograd F(4x4,3x3) where it measured "
-                        "faster on this platform, XLA elsewhere: 1.2-1.4x faster per image, but 2-5 s more to "
-                        "compile, so worth it from about 20 images of one size with DeepGaze II; see "
-                        "experiments/BENCHMARKS.md), or Winograd F(2x2,3x3) / F(4x4,3x3) for every 3x3 layer")
+                        "faster on this platform, XLA elsewhere: 1.2-1.4x faster per image, but slower to "
+                        "compile, so worth it from about 8 images of one size with DeepGaze II once the "
+                        "compilation cache holds the model; see experiments/BENCHMARKS.md), or Winograd "
+                        "F(2x2,3x3) / F(4x4,3x3) for every 3x3 layer")
 
 
 def _load_predictor(args: argparse.Namespace, kind: str | None = "static"):
