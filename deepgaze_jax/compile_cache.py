@@ -21,7 +21,8 @@ import jax
 ENV = "DEEPGAZE_COMPILATION_CACHE"
 #: Values of :data:`ENV` that turn the cache off.
 OFF = ("off", "0", "false", "no", "none")
-#: The cache's size bound; JAX evicts the least recently used entries beyond it.
+#: The cache's size bound; JAX evicts the least recently used entries beyond it, and with a bound it
+#: reads and writes under a file lock (``filelock``), so concurrent commands share the folder safely.
 MAX_BYTES = 2 << 30
 #: Every program is kept, however fast it compiles: a predictor's start runs dozens of small ones.
 MIN_COMPILE_SECONDS = 0.0
