@@ -120,7 +120,7 @@ def test_info_prints_every_shipped_card(capsys):
 def test_info_json_and_files(tmp_path, capsys):
     assert cli.main(["info", "deepgaze2_vgg16", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["model_card"]["name"] == "deepgaze2_vgg16" and doc["members"] == "40"
+    assert doc["model_card"]["name"] == "deepgaze2_vgg16" and doc["members"] == "30"
     path = tmp_path / "p.safetensors"
     _tiny_predictor_file(path)
     assert cli.main(["info", str(path)]) == 0
