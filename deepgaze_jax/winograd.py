@@ -73,12 +73,13 @@ def filter_transform(kernel: jax.Array, m: int) -> jax.Array:
     """``(3, 3, C_in, C_out)`` HWIO kernel -> ``((m+2)^2, C_in, C_out)`` transformed filters ``G g G^T``,
     float32. Done once per frozen kernel (:func:`transform_params`): a concrete kernel by NumPy (nothing to
     compile when a predictor loads), a traced one by JAX."""
+    traced = isinstance(kernel, jax.core.Tracer)
+    kernel = kernel if traced else np.asarray(kernel)
     if kernel.ndim != 4 or kernel.shape[:2] != (3, 3):
         raise ValueError(f"Winograd needs a (3, 3, C_in, C_out) kernel, got shape {kernel.shape}")
-    traced = isinstance(kernel, jax.core.Tracer)
     xp, options = (jnp, {"precision": jax.lax.Precision.HIGHEST}) if traced else (np, {})
     g = xp.asarray(_check_tile(m)["G"], xp.float32)
-    rows = xp.einsum("ai,i...->a...", g, xp.asarray(kernel).astype(xp.float32), **options)  # G g
+    rows = xp.einsum("ai,i...->a...", g, kernel.astype(xp.float32), **options)  # G g
     u = xp.einsum("bj,aj...->ab...", g, rows, **options).reshape((m + 2) ** 2, *kernel.shape[2:])  # (G g) G^T
     return u if traced else jnp.asarray(u)
 
