@@ -47,7 +47,7 @@ from deepgaze_jax.config import TrainConfig
 from deepgaze_jax.crossval import Source, centerbias_function
 from deepgaze_jax.data.scanpaths import with_histories
 from deepgaze_jax.deepgaze3 import DeepGazeIII
-from deepgaze_jax.scanpath_evaluation import bootstrap_interval, by_index, grid_scores
+from deepgaze_jax.scanpath_evaluation import by_index, grid_scores, summary
 from deepgaze_jax.input_pipeline import FixationSet, batches, centerbias_of
 from deepgaze_jax.likelihood import LN2
 from deepgaze_jax.pretrained import load_backbone
@@ -203,7 +203,7 @@ def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pat
                     h, static_set.subset(test), cb, batch) for h in by_fold[fold]])
                 for j, i in enumerate(test):
                     per_image["static"][i] = bits[j]
-        record = {"fold": fold, **_summary({k: {i: v[i] for i in test if i in v} for k, v in per_image.items()}),
+        record = {"fold": fold, **_summary(per_image, test),
                   "seconds": time.time() - fold_start,
                   "phases": {name: {"epochs": r.epochs, "best_val_log_likelihood_per_image": r.best_val,
                                     "history": r.history} for name, r in phases.items()}}
@@ -214,18 +214,14 @@ def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pat
               f"bits/fixation ({record['seconds']:.0f} s)", flush=True)
 
     done = sorted(per_image["conditional"])
-    total = _summary({k: {i: v[i] for i in done if i in v} for k, v in per_image.items()})
-    counts = np.array([len(per_image["conditional"][i]) for i in done], np.float64)
-    gain = np.array([(per_image["conditional"][i] - per_image["spatial"][i]).sum() for i in done])
-    total["information_gain_over_spatial_ci95"] = bootstrap_interval(gain, counts)
-    if per_image["static"] and all(i in per_image["static"] for i in done):
-        gain = np.array([(per_image["conditional"][i] - per_image["static"][i]).sum() for i in done])
-        total["information_gain_over_static_ci95"] = bootstrap_interval(gain, counts)
+    total = _summary(per_image, done)
     by_position = {k: [per_image[k][i] for i in done] for k in ("conditional", "spatial", "index")}
     if all(i in per_image["static"] for i in done):
         by_position["static"] = [per_image["static"][i] for i in done]
     results = {
         "model": recipe.scanpath.model,
+        "target": source.name,
+        "forced_start": source.fixatons,
         "recipe": recipe.to_json(),
         "dataset": source.describe(dataset) + f"; targets with 0..{model.history} previous fixations as history",
         "static_comparison": None if comparison is None else {"file": str(static_heads),
@@ -253,34 +249,17 @@ def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pat
     return results
 
 
-def _summary(per_image: dict[str, dict[int, np.ndarray]]) -> dict:
-    def mean(key):
-        values = per_image.get(key) or {}
-        return float(np.concatenate(list(values.values())).mean()) if values else None
-
-    out = {
-        "conditional_log_likelihood": mean("conditional"),
-        "spatial_log_likelihood": mean("spatial"),
-        "static_log_likelihood": mean("static"),
-        "center_bias_log_likelihood": mean("center_bias"),
-        "gold_standard_log_likelihood": mean("gold"),
-        "conditional_auc": mean("auc"), "conditional_nss": mean("nss"),
-        "spatial_auc": mean("spatial_auc"), "spatial_nss": mean("spatial_nss"),
-        "fixations": int(sum(len(v) for v in per_image["conditional"].values())),
-        "images": len(per_image["conditional"]),
-    }
-    out["information_gain_over_spatial"] = out["conditional_log_likelihood"] - out["spatial_log_likelihood"]
-    out["information_gain_over_center_bias"] = out["conditional_log_likelihood"] - out["center_bias_log_likelihood"]
-    if out["static_log_likelihood"] is not None:
-        out["information_gain_over_static"] = out["conditional_log_likelihood"] - out["static_log_likelihood"]
-    return out
+def _summary(per_image: dict[str, dict[int, np.ndarray]], images: Sequence[int]) -> dict:
+    """:func:`~deepgaze_jax.scanpath_evaluation.summary` of ``images`` (indices into the dataset)."""
+    return summary({k: [v[i] for i in images if i in v] for k, v in per_image.items()},
+                   baselines=("spatial", "static", "center_bias"))
 
 
 def markdown(results: dict) -> str:
     t = results["total"]
     lo, hi = t["information_gain_over_spatial_ci95"]
     lines = [
-        f"# {results['model']}: 10-fold cross-validation on MIT1003 scanpaths"
+        f"# {results['model']}: 10-fold cross-validation on {results.get('target', 'mit1003').upper()} scanpaths"
         + ("" if len(results["folds"]) == 10 else f", folds {', '.join(str(r['fold']) for r in results['folds'])} of 10"),
         "",
         f"Command: `{results['command']}`  ",
@@ -323,7 +302,8 @@ def markdown(results: dict) -> str:
         f"{f(t['center_bias_log_likelihood'])}, gold standard LL {f(t['gold_standard_log_likelihood'])}.  ",
         f"Paper: {results['paper']}.",
         "",
-        "By position in the scanpath (0-based; index 0 is MIT1003's forced start, never a target):",
+        "By position in the scanpath (0-based"
+        + ("; index 0 is the forced start, never a target):" if results.get("forced_start", True) else "):"),
         "",
         "| index | fixations | conditional LL | spatial LL | IG over spatial | IG over static |",
         "| ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -97,17 +97,34 @@ def _upsampled(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(upsample_to_image(jnp.asarray(grid), shape))
 
 
-def summary(per_image: dict[str, Sequence[np.ndarray]], baseline: str = "static") -> dict:
-    """Per-fixation means of the scores and the information gain of ``"conditional"`` over ``baseline``,
-    with a 95 % bootstrap interval over images."""
-    cat = {k: np.concatenate(list(v)) for k, v in per_image.items() if len(v)}
-    out = {f"{k}_log_likelihood": float(cat[k].mean()) for k in ("conditional", baseline) if k in cat}
-    out.update({k: float(cat[k].mean()) for k in ("auc", "nss") if k in cat})
-    out["fixations"], out["images"] = int(len(cat["conditional"])), len(per_image["conditional"])
-    gain = np.array([(c - b).sum() for c, b in zip(per_image["conditional"], per_image[baseline])])
-    counts = np.array([len(c) for c in per_image["conditional"]], np.float64)
-    out[f"information_gain_over_{baseline}"] = float(gain.sum() / counts.sum())
-    out[f"information_gain_over_{baseline}_ci95"] = bootstrap_interval(gain, counts)
+#: The summary's name for the mean of each per-image array: log-likelihoods (bits/fixation), then scores.
+MEANS = {"conditional": "conditional_log_likelihood", "spatial": "spatial_log_likelihood",
+         "static": "static_log_likelihood", "center_bias": "center_bias_log_likelihood",
+         "gold": "gold_standard_log_likelihood", "auc": "conditional_auc", "nss": "conditional_nss",
+         "spatial_auc": "spatial_auc", "spatial_nss": "spatial_nss"}
+
+
+def summary(per_image: Mapping[str, Sequence[np.ndarray]], baselines: Sequence[str] = ("static",)) -> dict:
+    """Per-fixation means of the per-image arrays (``(n_i,)`` each, aligned with ``"conditional"``):
+    the mean of each key present under its :data:`MEANS` name (``None`` where the key has no images;
+    log-likelihoods in bits/fixation), and for each of ``baselines``
+    that every image has, ``information_gain_over_<baseline>`` of ``"conditional"`` (bits/fixation) with
+    its 95 % bootstrap interval over images (``..._ci95``)."""
+    def mean(key):
+        values = list(per_image.get(key) or [])
+        return float(np.concatenate(values).mean()) if values else None
+
+    conditional = list(per_image["conditional"])
+    counts = np.array([len(c) for c in conditional], np.float64)
+    out: dict = {name: mean(k) for k, name in MEANS.items() if k in per_image}
+    out["fixations"], out["images"] = int(counts.sum()), len(conditional)
+    for b in baselines:
+        base = list(per_image.get(b) or [])
+        if len(base) != len(conditional) or not conditional:
+            continue
+        gain = np.array([(c - v).sum() for c, v in zip(conditional, base)])
+        out[f"information_gain_over_{b}"] = float(gain.sum() / counts.sum())
+        out[f"information_gain_over_{b}_ci95"] = bootstrap_interval(gain, counts)
     return out
 
 
@@ -156,7 +173,8 @@ def markdown(result: dict) -> str:
         "| conditional LL | static LL | IG of the history (95 % CI over images) | AUC | NSS |",
         "| ---: | ---: | ---: | ---: | ---: |",
         f"| {t['conditional_log_likelihood']:.4f} | {t['static_log_likelihood']:.4f} | "
-        f"{t['information_gain_over_static']:.4f} [{lo:.4f}, {hi:.4f}] | {t['auc']:.4f} | {t['nss']:.4f} |",
+        f"{t['information_gain_over_static']:.4f} [{lo:.4f}, {hi:.4f}] | {t['conditional_auc']:.4f} | "
+        f"{t['conditional_nss']:.4f} |",
         "",
         "| position in scanpath | fixations | conditional LL | static LL | IG |",
         "| ---: | ---: | ---: | ---: | ---: |",

@@ -183,7 +183,7 @@ def test_evaluate_scores_a_scanpath_model_on_its_conditional_densities(tmp_path,
     t = result["total"]
     np.testing.assert_allclose(t["conditional_log_likelihood"], np.mean(bits), atol=1e-5)
     np.testing.assert_allclose(t["static_log_likelihood"], np.mean(static), atol=1e-5)
-    np.testing.assert_allclose(t["auc"], np.mean(aucs), atol=1e-6)
-    np.testing.assert_allclose(t["nss"], np.mean(nsss), rtol=1e-4)
+    np.testing.assert_allclose(t["conditional_auc"], np.mean(aucs), atol=1e-6)
+    np.testing.assert_allclose(t["conditional_nss"], np.mean(nsss), rtol=1e-4)
     np.testing.assert_allclose(t["information_gain_over_static"], np.mean(bits) - np.mean(static), atol=1e-5)
     assert [r["index"] for r in result["by_index"]] == [1, 2, 3]
