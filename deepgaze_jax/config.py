@@ -36,6 +36,11 @@ class TrainConfig:
       batch_size: images per step (global, over all devices).
       seed: seed of the head initialisation and the data order.
       feature_dtype: dtype of the cached features (``"float32"`` or ``"bfloat16"``).
+      feature_conv_impl: how the backbone convolves when the features are computed
+        (:mod:`deepgaze_jax.winograd`; ``"auto"``: Winograd where it wins on the CPU, XLA's convolution
+        on GPUs; ``"xla"``: the features of every committed result whose config has no
+        ``feature_conv_impl``, bit for bit).
+        The trained readout does not depend on it beyond the features' rounding.
       weight_decay: decoupled weight decay (AdamW, scaled by the learning rate) of the readout
         kernels; biases, sigma and the center-bias weight are not decayed.
       dropout: probability of zeroing each backbone feature in training (the rest scaled by
@@ -67,6 +72,7 @@ class TrainConfig:
     batch_size: int = 4
     seed: int = 0
     feature_dtype: str = "float32"
+    feature_conv_impl: str = "auto"
     weight_decay: float = 0.0
     dropout: float = 0.0
     dropout_channels: bool = False
@@ -98,6 +104,11 @@ class TrainConfig:
             raise ValueError(f"config: schedule must be 'step', 'cosine' or 'constant', got {self.schedule!r}")
         if self.feature_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"config: feature_dtype must be 'float32' or 'bfloat16', got {self.feature_dtype!r}")
+        from deepgaze_jax.winograd import IMPLS  # jax: not at import time
+
+        if self.feature_conv_impl not in IMPLS:
+            raise ValueError(f"config: feature_conv_impl must be one of {list(IMPLS)}, "
+                             f"got {self.feature_conv_impl!r}")
         for name in ("max_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)}")

@@ -162,19 +162,23 @@ def parse_folds(text: str, n_folds: int = 10) -> list[int]:
 RECIPES = ("joint", "pretrain")
 
 
-def load_with_features(model, backbone: dict, data_dir: pathlib.Path, cache: pathlib.Path, flip: bool = False):
+def load_with_features(model, backbone: dict, data_dir: pathlib.Path, cache: pathlib.Path, flip: bool = False,
+                       conv_impl: str = feature_cache.DEFAULT_CONV_IMPL):
     """The dataset of ``data_dir`` (:class:`Source`) and its backbone features (``flip``: of the mirrored
-    images), from the feature cache in ``cache`` where computed before."""
+    images; ``conv_impl``: as :func:`~deepgaze_jax.feature_cache.cached_features`), from the feature
+    cache in ``cache`` where computed before."""
     source = Source(data_dir)
     dataset = source.load(cache)
-    return dataset, feature_cache.cached_features(model, backbone, dataset, cache, source.cache_name, flip=flip)
+    return dataset, feature_cache.cached_features(model, backbone, dataset, cache, source.cache_name, flip=flip,
+                                                  conv_impl=conv_impl)
 
 
 def _fixation_set(config: TrainConfig, model, backbone, source: Source, dataset, cache: pathlib.Path,
                   suffix: str = "") -> FixationSet:
-    features = feature_cache.cached_features(model, backbone, dataset, cache, source.cache_name + suffix)
+    features = feature_cache.cached_features(model, backbone, dataset, cache, source.cache_name + suffix,
+                                             conv_impl=config.feature_conv_impl)
     flipped = None if not config.flip else feature_cache.cached_features(
-        model, backbone, dataset, cache, source.cache_name + suffix, flip=True)
+        model, backbone, dataset, cache, source.cache_name + suffix, flip=True, conv_impl=config.feature_conv_impl)
     return FixationSet.from_dataset(dataset, features, flipped=flipped)
 
 

@@ -29,6 +29,11 @@ from deepgaze_jax import model as model_lib
 from deepgaze_jax.images import batches_by_size
 
 FORMAT = 1
+#: How the backbone convolves when a cache file is computed: ``"auto"`` is Winograd where it wins on the
+#: CPU and XLA's convolution on GPUs (:func:`deepgaze_jax.winograd.auto_rule`), within 1.1e-5 relative of
+#: XLA's features and 1.42x faster on the 2-core CPU (``experiments/BENCHMARKS.md``). ``"xla"`` gives the
+#: files of every committed result whose config has no ``feature_conv_impl``, bit for bit.
+DEFAULT_CONV_IMPL = "auto"
 # The fields of a model description that its features depend on (the readout and finalizer do not).
 FEATURE_FIELDS = ("backbone", "layers", "downsample", "readout_factor", "ceil_mode", "dtype")
 
@@ -113,16 +118,19 @@ def write(path: pathlib.Path, key: dict, features: Sequence[np.ndarray]) -> None
 
 
 def cached_features(model: model_lib.DeepGaze, backbone: dict, dataset, cache: pathlib.Path, dataset_name: str,
-                    flip: bool = False) -> list[np.ndarray]:
+                    flip: bool = False, conv_impl: str = DEFAULT_CONV_IMPL) -> list[np.ndarray]:
     """Backbone features of every image of a :class:`~deepgaze_jax.data.FixationDataset` (``flip``: of
     the mirrored images), read from the folder ``cache`` if computed before under the same key, else
-    computed and stored there."""
+    computed and stored there, the backbone convolving by ``conv_impl`` (:data:`DEFAULT_CONV_IMPL`;
+    it replaces the model's own, and is part of the key)."""
+    model = dataclasses.replace(model, conv_impl=conv_impl)
     key = cache_key(model, backbone, dataset_name, dataset.image_ids, dataset.sizes, flip)
     path = cache_path(cache, key)
     features = read(path, key)
     if features is not None:
         return features
     start = time.time()
+    backbone = winograd.transform_params(backbone, model.backbone, conv_impl, model.dtype)
     features = compute_features(model, backbone, dataset.images, batch_size=4, progress=distributed.is_main(),
                                 flip=flip)
     if distributed.is_main():

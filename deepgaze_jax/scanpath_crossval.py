@@ -125,7 +125,8 @@ def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pat
         keep = np.isin(dataset.fixations.image_index, np.arange(max_images))
         dataset, histories, suffix = dataset.subset(range(max_images)), histories[keep], f"_first{max_images}"
     backbone = load_backbone(model.backbone, None)
-    features = feature_cache.cached_features(model.spatial, backbone, dataset, cache, source.cache_name + suffix)
+    features = feature_cache.cached_features(model.spatial, backbone, dataset, cache, source.cache_name + suffix,
+                                             conv_impl=recipe.spatial.feature_conv_impl)
     static_set = FixationSet.from_dataset(dataset, features)
     scan_set = FixationSet.from_dataset(dataset, features, histories=histories)
     index_of = [dataset.fixations.index[r] for r in data_lib.rows_by_image(dataset)]

@@ -18,7 +18,7 @@ import time
 
 import jax
 
-from deepgaze_jax import crossval, provenance
+from deepgaze_jax import crossval, feature_cache, provenance, winograd
 from deepgaze_jax import data as data_lib
 from deepgaze_jax.baselines import GoldStandard
 from deepgaze_jax.input_pipeline import FixationSet
@@ -37,6 +37,8 @@ def main() -> int:
     parser.add_argument("--name", help="stem of the result files (default: <heads stem>_unseen_<dataset>)")
     parser.add_argument("--cache", type=pathlib.Path, default=REPO / ".cache")
     parser.add_argument("--results", type=pathlib.Path, default=REPO / "experiments" / "results")
+    parser.add_argument("--feature-conv-impl", choices=winograd.IMPLS, default=feature_cache.DEFAULT_CONV_IMPL,
+                        help="how the backbone convolves for the feature cache (xla: as the committed results without one)")
     args = parser.parse_args()
     started, commit = time.time(), provenance.git_commit()
     tree, meta = load_params(args.heads)
@@ -45,7 +47,8 @@ def main() -> int:
     model = model_from_json(meta["model_config"])
     source = crossval.Source(args.data)
     name = args.name or f"{args.heads.stem}_unseen_{source.name}"
-    dataset, features = crossval.load_with_features(model, load_backbone(model.backbone), args.data, args.cache)
+    dataset, features = crossval.load_with_features(model, load_backbone(model.backbone), args.data, args.cache,
+                                                    conv_impl=args.feature_conv_impl)
     members = [jax.tree.map(lambda x: x[k], tree["heads"]) for k in range(int(meta["members"]))]
     folds = list(range(10))
     center_biases = crossval.fold_center_biases(dataset, folds)
@@ -66,7 +69,7 @@ def main() -> int:
         model_bits, cb_bits, gold_bits = model_bits + bits[0], cb_bits + bits[1], gold_bits + bits[2]
     summary = {
         "name": name, "heads": str(args.heads), "trained_on": meta.get("trained_on", ""),
-        "members": len(members), "dataset": source.describe(dataset),
+        "members": len(members), "dataset": source.describe(dataset), "feature_conv_impl": args.feature_conv_impl,
         "total": crossval.summarise(model_bits, cb_bits, gold_bits), "metrics": evaluation.summary,
         **provenance.stamp(command, commit),
         "seconds": time.time() - started,

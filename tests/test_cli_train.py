@@ -25,6 +25,8 @@ def test_train_then_predict_with_the_result(mit1003_dir, tmp_path, capsys):
     assert np.isfinite(results["total"]["information_gain"])
     [runs] = (tmp_path / "cache" / "runs").glob("deepgaze1_2seeds_first20_*")  # keyed on config and datasets
     assert (runs / "fold0" / "config.json").exists()
+    [features] = (tmp_path / "cache").glob("features_*.npz")  # computed by the config's conv_impl
+    assert json.loads(str(np.load(features)["key"]))["model"]["conv_impl"]["impl"] == "auto"
     assert json.loads((runs / "fold1_seed1" / "config.json").read_text())["seed"] == 1
 
     image = sorted((mit1003_dir / "STIMULI").iterdir())[0]

@@ -202,6 +202,27 @@ def test_feature_cache_is_keyed_on_backbone_dataset_and_images(tmp_path):
     np.testing.assert_array_equal(again[2], first[2])
 
 
+def test_feature_cache_convolves_by_the_asked_impl_and_keys_it(tmp_path):
+    """Caches default to `auto`; `xla` and `winograd4` features are other files, equal up to rounding."""
+    model = deepgaze1()
+    images, _, _ = synthetic(n=2)
+    ds = _Dataset(_Images(images), ("a", "b"), np.array([im.shape[:2] for im in images]))
+    real = init_backbone(jax.random.PRNGKey(0), "alexnet")
+    auto = feature_cache.cached_features(model, real, ds, tmp_path, "toy")
+    xla = feature_cache.cached_features(model, real, ds, tmp_path, "toy", conv_impl="xla")
+    four = feature_cache.cached_features(model, real, ds, tmp_path, "toy", conv_impl="winograd4")
+    impls = sorted(json.loads(str(np.load(f)["key"]))["model"].get("conv_impl", {"impl": "xla"})["impl"]
+                   for f in tmp_path.glob("features_*.npz"))
+    assert impls == ["auto", "winograd4", "xla"]
+    for other in (auto, four):  # AlexNet's 3x3 layers; float32 rounding of the transforms
+        for a, b in zip(other, xla):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+    assert not all(np.array_equal(a, b) for a, b in zip(four, xla))  # Winograd did run
+    assert TrainConfig().feature_conv_impl == "auto"
+    with pytest.raises(ValueError, match=r"feature_conv_impl must be one of \['xla', 'winograd2', 'winograd4', 'auto'\], got 'fft'"):
+        TrainConfig(feature_conv_impl="fft")
+
+
 def test_feature_cache_file_of_another_key_or_truncated_is_not_read(tmp_path):
     model = deepgaze1()
     backbone = init_backbone(jax.random.PRNGKey(0), "alexnet")
