@@ -43,6 +43,9 @@ class TrainConfig:
         The trained readout does not depend on it beyond the features' rounding.
       weight_decay: decoupled weight decay (AdamW, scaled by the learning rate) of the readout
         kernels; biases, sigma and the center-bias weight are not decayed.
+      decay_to_init: the weight decay pulls the kernels toward the head that training starts from when
+        it starts from one (``init_head``: the readout pre-trained on other data; L2-SP, a penalty toward
+        the pre-trained params), toward zero otherwise. Needs ``weight_decay`` > 0.
       dropout: probability of zeroing each backbone feature in training (the rest scaled by
         ``1 / (1 - dropout)``); ``dropout_channels`` drops whole channels of an image instead.
       flip: horizontal-flip augmentation: each training batch is mirrored with probability 1/2 (the
@@ -74,6 +77,7 @@ class TrainConfig:
     feature_dtype: str = "float32"
     feature_conv_impl: str = "auto"
     weight_decay: float = 0.0
+    decay_to_init: bool = False
     dropout: float = 0.0
     dropout_channels: bool = False
     flip: bool = False
@@ -114,6 +118,8 @@ class TrainConfig:
                 raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)}")
         if self.weight_decay < 0:
             raise ValueError(f"config: weight_decay must be >= 0, got {self.weight_decay}")
+        if self.decay_to_init and self.weight_decay == 0:
+            raise ValueError("config: decay_to_init needs weight_decay > 0 (the strength of the pull)")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"config: dropout must be in [0, 1), got {self.dropout}")
         if self.max_fixations < 0:

@@ -41,7 +41,10 @@ from deepgaze_jax.input_pipeline import Batch, CenterBiases, FixationSet, batche
 # --- the step --------------------------------------------------------------------------------
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(config: TrainConfig, steps_per_epoch: int, anchor: dict | None = None) -> optax.GradientTransformation:
+    """Adam (AdamW with ``config.weight_decay``, on kernels only) under the config's schedule. ``anchor``:
+    head params that the weight decay pulls the kernels toward instead of zero (L2-SP; AdamW's
+    decoupled form, so a zero anchor is AdamW exactly)."""
     if config.schedule == "step":
         boundaries = {e * steps_per_epoch: config.decay_factor for e in config.decay_epochs}
         lr = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
@@ -54,10 +57,27 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
     else:
         kernels_only = lambda params: jax.tree_util.tree_map_with_path(  # noqa: E731
             lambda path, _: path[-1] == jax.tree_util.DictKey("kernel"), params)
-        tx = optax.adamw(lr, weight_decay=config.weight_decay, mask=kernels_only)
+        if anchor is None:
+            tx = optax.adamw(lr, weight_decay=config.weight_decay, mask=kernels_only)
+        else:
+            tx = optax.chain(optax.scale_by_adam(), _decay_toward(anchor, config.weight_decay, kernels_only),
+                             optax.scale_by_learning_rate(lr))
     if config.frozen:
         tx = optax.chain(tx, optax.masked(optax.set_to_zero(), _frozen_mask(config.frozen)))
     return _standard_promotion(tx)
+
+
+def _decay_toward(anchor: dict, weight_decay: float, mask) -> optax.GradientTransformation:
+    """``optax.add_decayed_weights`` toward ``anchor`` rather than zero: adds ``weight_decay * (params -
+    anchor)`` where ``mask(params)`` is true."""
+    anchor = jax.tree.map(jnp.asarray, anchor)
+
+    def update(updates, state, params):
+        decayed = jax.tree.map(lambda u, p, a, m: u + weight_decay * (p - a) if m else u,
+                               updates, params, anchor, mask(params))
+        return decayed, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def _frozen_mask(prefixes: Sequence[str]):
@@ -285,7 +305,8 @@ def fit(
     steps_per_epoch = len(batches(train, global_batch, seed=config.seed, epoch=0))
     weights = None if (config.weighting == "image" and not config.source_weights
                        and train.images is None) else loss_weights(train, config.weighting, config.source_weights)
-    trainer = Trainer(model, make_optimizer(config, steps_per_epoch), dropout=config.dropout,
+    anchor = init_head if config.decay_to_init and init_head is not None else None
+    trainer = Trainer(model, make_optimizer(config, steps_per_epoch, anchor), dropout=config.dropout,
                       dropout_channels=config.dropout_channels, seed=config.seed)
     if init_head is not None:
         expected_tree = jax.tree.structure(model.init_head(jax.random.PRNGKey(0)))

@@ -119,6 +119,37 @@ def test_fit_continues_from_init_head(parts):
         T.fit(one, train, val, centerbias, progress=False, init_head={"readout": {}})
 
 
+def test_decay_to_init_pulls_kernels_toward_the_start_and_is_adamw_at_zero():
+    """L2-SP: the decoupled weight decay pulls kernels toward the anchor (biases never decay)."""
+    config = dataclasses.replace(CONFIG, weight_decay=0.5, schedule="constant", learning_rate=0.1,
+                                 decay_to_init=True)
+    rng = np.random.default_rng(0)
+    params = {"conv": {"kernel": rng.normal(size=(3, 4)).astype(np.float32),
+                       "bias": rng.normal(size=(4,)).astype(np.float32)}}
+    grads = [jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params) for _ in range(5)]
+
+    def run(tx, steps, grads_of):
+        p, state = params, tx.init(params)
+        for k in range(steps):
+            updates, state = tx.update(grads_of(k), state, p)
+            p = jax.tree.map(lambda a, u: np.asarray(a + u), p, updates)
+        return p
+
+    zero = jax.tree.map(np.zeros_like, params)
+    toward_zero = run(T.make_optimizer(config, 1, anchor=zero), 5, lambda k: grads[k])
+    adamw = run(T.make_optimizer(dataclasses.replace(config, decay_to_init=False), 1), 5, lambda k: grads[k])
+    for x, y in zip(jax.tree.leaves(toward_zero), jax.tree.leaves(adamw)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    no_grad = lambda k: zero  # noqa: E731  (Adam's step is 0: only the decay moves the params)
+    kept = run(T.make_optimizer(config, 1, anchor=params), 10, no_grad)
+    np.testing.assert_array_equal(kept["conv"]["kernel"], params["conv"]["kernel"])
+    shrunk = run(T.make_optimizer(config, 1, anchor=zero), 10, no_grad)
+    np.testing.assert_allclose(shrunk["conv"]["kernel"], params["conv"]["kernel"] * (1 - 0.1 * 0.5) ** 10, rtol=1e-5)
+    np.testing.assert_array_equal(shrunk["conv"]["bias"], params["conv"]["bias"])
+    with pytest.raises(ValueError, match="decay_to_init needs weight_decay > 0"):
+        TrainConfig(decay_to_init=True)
+
+
 def test_a_loss_that_turns_non_finite_stops_the_run(parts, tmp_path):
     bad = parts[0].subset(range(6))
     bad.features[0] = np.full_like(bad.features[0], np.nan)
