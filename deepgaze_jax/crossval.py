@@ -185,7 +185,7 @@ def _fixation_set(config: TrainConfig, model, backbone, source: Source, dataset,
 def run(config: TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: pathlib.Path,
         results_dir: pathlib.Path | None = None, heads_path: pathlib.Path | None = None,
         backbone_path: pathlib.Path | None = None, command: str = "", max_images: int | None = None,
-        seeds: int = 1, extra_data: Sequence[pathlib.Path] = (), recipe: str = "joint") -> dict:
+        seeds: int = 1, extra_data: Sequence[pathlib.Path] = (), recipe: str = "joint", tag: str = "") -> dict:
     """Train ``config`` on the given folds of a dataset (MIT1003 twosize, or a CSV dataset; see
     :class:`Source`) and evaluate each on its test images.
 
@@ -195,6 +195,8 @@ def run(config: TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: pa
     as one predictor file to ``heads_path``. ``max_images`` keeps only the first images (a quick trial
     run). ``seeds`` > 1 trains every fold from that many seeds (``config.seed`` and the ones after it)
     and predicts its test images with their ensemble (densities averaged).
+
+    ``tag``: appended to the results' name (a variant of a config, e.g. ``"l2sp"``).
 
     ``extra_data``: more datasets whose images are all training images (never tested here), each with
     its own center bias fitted on all of it. ``recipe="joint"``: each fold's readout is fitted on the
@@ -238,7 +240,7 @@ def run(config: TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: pa
     gold_nats = gold.log_likelihoods(dataset)
     _print(f"gold standard: bandwidth {gold.bandwidth:.4f}, weights {gold.weights}")
 
-    name = results_name(config.model, seeds, target.name, [e.name for e in extras], recipe)
+    name = results_name(config.model, seeds, target.name, [e.name for e in extras], recipe) + (f"_{tag}" if tag else "")
     # Checkpoints of another config (or other datasets) live apart: a run resumes only its own.
     run_key = zlib.crc32(json.dumps([json.loads(config.to_json()), names, recipe]).encode())
     runs_dir = cache / "runs" / f"{name}{suffix}_{run_key:08x}"
