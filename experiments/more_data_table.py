@@ -37,6 +37,8 @@ ROWS = [
      "deepgaze2_vgg16_iie_unseen_osie_cross_dataset"),
     ("DeepGaze II features, IIE readout", "all of OSIE, then MIT1003 folds", "deepgaze2_vgg16_iie_pretrain_osie_crossval",
      None, None),
+    ("DeepGaze II features, IIE readout, decay toward the pre-trained readout", "all of OSIE, then MIT1003 folds",
+     "deepgaze2_vgg16_iie_pretrain_osie_l2sp_crossval", None, None),
     ("DeepGaze II features, IIE readout, 3 seeds", "all of OSIE, then MIT1003 folds",
      "deepgaze2_vgg16_iie_3seeds_pretrain_osie_crossval", None, None),
 ]
