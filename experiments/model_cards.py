@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shlex
 import sys
 
 from deepgaze_jax import crossval, model_card
@@ -45,7 +46,12 @@ def _deepgaze2(meta: dict) -> model_card.ModelCard:
     """The shipped DeepGaze II's card: which run it is comes from the file's own command."""
     if IIE_PRETRAIN in meta["command"]:
         seeds = int(meta["seeds_per_fold"])
-        stem = crossval.results_name("deepgaze2_vgg16_iie", seeds, extras=["osie"], recipe="pretrain") + "_crossval"
+        args = shlex.split(meta["command"])
+        tag = args[args.index("--tag") + 1] if "--tag" in args else ""
+        stem = crossval.results_name("deepgaze2_vgg16_iie", seeds, extras=["osie"], recipe="pretrain")
+        stem = f"{stem}_{tag}_crossval" if tag else f"{stem}_crossval"
+        l2sp = ("; the fine-tuning's weight decay pulls the readout toward the pre-trained one instead of "
+                "zero (decay_to_init, L2-SP)") if "decay_to_init=true" in args else ""
         return _static(
             "deepgaze2_vgg16", f"{stem}_metrics.json", summary_file=f"{stem}.json",
             model=("DeepGaze II features (VGG-16 block 5: conv5_1, relu5_1, relu5_2, conv5_3, relu5_3; frozen "
@@ -53,7 +59,7 @@ def _deepgaze2(meta: dict) -> model_card.ModelCard:
                    "blur, center bias"),
             trained_on=(f"pre-trained on all of OSIE (700 images), then fitted on each MIT1003 training fold "
                         f"(twosize, conventional filtering), 10-fold cross-validation, {seeds} seeds per fold "
-                        "(pre-training and fine-tuning); OSIE never tested on"),
+                        f"(pre-training and fine-tuning){l2sp}; OSIE never tested on"),
             command=meta["command"], commit=meta["commit"],
             backbone=model_card.BACKBONE_PROVENANCE["vgg16"], data_licences=WITH_OSIE,
             notes=("The paper (Kuemmerer et al. 2017): 87 % with VGG-19 and SALICON pre-training; OSIE stands "

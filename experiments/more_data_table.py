@@ -41,6 +41,8 @@ ROWS = [
      "deepgaze2_vgg16_iie_pretrain_osie_l2sp_crossval", None, None),
     ("DeepGaze II features, IIE readout, 3 seeds", "all of OSIE, then MIT1003 folds",
      "deepgaze2_vgg16_iie_3seeds_pretrain_osie_crossval", None, None),
+    ("DeepGaze II features, IIE readout, decay toward the pre-trained readout, 3 seeds",
+     "all of OSIE, then MIT1003 folds", "deepgaze2_vgg16_iie_3seeds_pretrain_osie_l2sp_crossval", None, None),
 ]
 
 
