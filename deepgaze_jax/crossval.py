@@ -134,13 +134,15 @@ def fold_bits(evaluator: T.Evaluator, heads: Sequence[dict], fixations: Fixation
 
 
 def results_name(model: str, seeds: int, target: str = "mit1003", extras: Sequence[str] = (),
-                 recipe: str = "joint") -> str:
+                 recipe: str = "joint", tag: str = "") -> str:
     """The stem of a run's result files: the model, ``_<K>seeds`` for seed ensembles, ``_<recipe>_<extra
-    datasets>`` where more data was used, ``_on_<dataset>`` where the folds are not MIT1003's."""
+    datasets>`` where more data was used, ``_on_<dataset>`` where the folds are not MIT1003's, ``_<tag>``
+    for a named variant."""
     name = model if seeds == 1 else f"{model}_{seeds}seeds"
     if extras:
         name += f"_{recipe}_{'_'.join(extras)}"
-    return name if target == "mit1003" else f"{name}_on_{target}"
+    name = name if target == "mit1003" else f"{name}_on_{target}"
+    return f"{name}_{tag}" if tag else name
 
 
 def parse_folds(text: str, n_folds: int = 10) -> list[int]:
@@ -240,7 +242,7 @@ def run(config: TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: pa
     gold_nats = gold.log_likelihoods(dataset)
     _print(f"gold standard: bandwidth {gold.bandwidth:.4f}, weights {gold.weights}")
 
-    name = results_name(config.model, seeds, target.name, [e.name for e in extras], recipe) + (f"_{tag}" if tag else "")
+    name = results_name(config.model, seeds, target.name, [e.name for e in extras], recipe, tag)
     # Checkpoints of another config (or other datasets) live apart: a run resumes only its own.
     run_key = zlib.crc32(json.dumps([json.loads(config.to_json()), names, recipe]).encode())
     runs_dir = cache / "runs" / f"{name}{suffix}_{run_key:08x}"

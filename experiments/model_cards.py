@@ -48,8 +48,8 @@ def _deepgaze2(meta: dict) -> model_card.ModelCard:
         seeds = int(meta["seeds_per_fold"])
         args = shlex.split(meta["command"])
         tag = args[args.index("--tag") + 1] if "--tag" in args else ""
-        stem = crossval.results_name("deepgaze2_vgg16_iie", seeds, extras=["osie"], recipe="pretrain")
-        stem = f"{stem}_{tag}_crossval" if tag else f"{stem}_crossval"
+        stem = crossval.results_name("deepgaze2_vgg16_iie", seeds, extras=["osie"], recipe="pretrain",
+                                     tag=tag) + "_crossval"
         l2sp = ("; the fine-tuning's weight decay pulls the readout toward the pre-trained one instead of "
                 "zero (decay_to_init, L2-SP)") if "decay_to_init=true" in args else ""
         return _static(
