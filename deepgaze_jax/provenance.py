@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pathlib
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -38,13 +39,48 @@ def git_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+def cpu_info() -> dict:
+    """The CPU from ``/proc/cpuinfo`` (Linux; elsewhere what :mod:`platform` knows): ``model_name``,
+    ``vendor``, ``family``, ``model`` (ints or None), ``flags`` (a set) and ``mhz`` (the highest core clock
+    listed, or None)."""
+    info = {"model_name": platform.processor() or platform.machine() or "unknown", "flags": set(), "mhz": None,
+            "vendor": None, "family": None, "model": None}
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    fields = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    info["model_name"] = fields.get("model name", info["model_name"])
+    info["vendor"] = fields.get("vendor_id")
+    for key, name in (("family", "cpu family"), ("model", "model")):
+        info[key] = int(fields[name]) if fields.get(name, "").isdigit() else None
+    info["flags"] = set(fields.get("flags", "").split())
+    mhz = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", text)]
+    info["mhz"] = max(mhz) if mhz else None
+    return info
+
+
+def vector_isa(flags: set[str]) -> str | None:
+    """The widest x86 vector instruction set among the CPU's ``flags`` (``AVX-512`` with ``+BF16`` or
+    ``+AMX`` where present, ``AVX2``, ``AVX``), or None: XLA's and PyTorch's CPU speed depend on it."""
+    if "avx512f" in flags:
+        extras = [name for flag, name in (("avx512_bf16", "BF16"), ("amx_bf16", "AMX")) if flag in flags]
+        return "AVX-512" + "".join("+" + e for e in extras)
+    return "AVX2" if "avx2" in flags else "AVX" if "avx" in flags else None
+
+
 def machine() -> str:
-    """Architecture, CPU cores, jax version and the kind of device jax computes on (its first device:
-    ``cpu``, or the accelerator's name), e.g. ``x86_64 2 CPU cores, jax 0.10.2 on cpu``; a multi-process
-    run adds how many processes and devices."""
+    """Architecture, CPU (model and widest vector instructions), cores, jax version and the kind of
+    device jax computes on (its first device: ``cpu``, or the accelerator's name), e.g.
+    ``x86_64 AMD EPYC (AVX2) 2 CPU cores, jax 0.10.2 on cpu``; a multi-process run adds how many
+    processes and devices. Stamps from before the CPU was named read ``x86_64 2 CPU cores, ...``."""
     import jax
 
-    text = f"{platform.machine()} {os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.devices()[0].device_kind}"
+    cpu = cpu_info()
+    isa = vector_isa(cpu["flags"])
+    name = cpu["model_name"] + (f" ({isa})" if isa else "")
+    text = f"{platform.machine()} {name} {os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.devices()[0].device_kind}"
     if jax.process_count() > 1:
         text += f", {jax.process_count()} processes of this kind, {jax.device_count()} devices in all"
     return text

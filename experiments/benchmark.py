@@ -42,7 +42,6 @@ import math
 import os
 import pathlib
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -107,27 +106,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 # --- machine ---------------------------------------------------------------------------------
 
 
-def cpu_info() -> dict:
-    """Model name, vendor, family, flags and clock from /proc/cpuinfo (Linux)."""
-    info = {"model_name": platform.processor() or "unknown", "flags": set(), "mhz": None,
-            "vendor": None, "family": None}
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    first = text.split("\n\n")[0]
-    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    info["model_name"] = fields.get("model name", info["model_name"])
-    info["vendor"] = fields.get("vendor_id")
-    info["family"] = int(fields["cpu family"]) if "cpu family" in fields else None
-    info["model"] = int(fields["model"]) if "model" in fields else None
-    info["flags"] = set(fields.get("flags", "").split())
-    mhz = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", text)]
-    info["mhz"] = max(mhz) if mhz else None
-    return info
-
-
 def cpu_peak(cores: int, clock_ghz: float | None = None) -> dict:
     """Peak FLOP/s of ``cores`` cores: cores x clock x FLOPs per cycle, with the assumption in words.
 
@@ -139,6 +117,8 @@ def cpu_peak(cores: int, clock_ghz: float | None = None) -> dict:
     ``clock_ghz``, else measured (:func:`measure_clock_ghz`), else /proc/cpuinfo's (on a VM the nominal
     one, which cores that boost beat).
     """
+    from deepgaze_jax.provenance import cpu_info
+
     info = cpu_info()
     flags, vendor, family = info["flags"], info["vendor"], info["family"]
     if "avx512f" in flags and vendor == "AuthenticAMD":

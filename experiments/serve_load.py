@@ -26,7 +26,6 @@ import io
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
@@ -151,13 +150,6 @@ def baseline_module(commit: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _cpu_name() -> str:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _predictor(heads: str | None):
@@ -297,7 +289,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-window-ms", type=float, default=None, help="default: the service's")
     parser.add_argument("--max-batch", type=int, default=None, help="default: the service's")
     parser.add_argument("--baseline-commit", default=BASELINE_COMMIT)
-    parser.add_argument("--machine", default=f"{os.cpu_count()}-core {_cpu_name()}",
+    parser.add_argument("--machine", default=f"{os.cpu_count()}-core {provenance.cpu_info()['model_name']}",
                         help="words naming the machine, stored with the numbers as machine_note")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
     args = parser.parse_args(argv)

@@ -26,9 +26,18 @@ def test_a_stamp_has_its_four_fields_first_and_replaces_stale_ones():
     stamp = provenance.stamp("python experiments/x.py --n 3", "abc")
     assert list(stamp) == list(provenance.FIELDS)
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", stamp["date"])
-    assert re.fullmatch(r"\S+ \d+ CPU cores, jax \S+ on .+", stamp["machine"])
+    assert re.fullmatch(r"\S+ .+ \d+ CPU cores, jax \S+ on .+", stamp["machine"])
     doc = provenance.stamped({"result": 1, "commit": "old"}, stamp)
     assert list(doc) == [*provenance.FIELDS, "result"] and doc["commit"] == "abc"
+
+
+def test_the_machine_names_the_cpu_and_its_widest_vector_instructions():
+    cpu = provenance.cpu_info()
+    assert cpu["model_name"] in provenance.machine()
+    assert provenance.vector_isa({"avx", "avx2", "fma"}) == "AVX2"
+    assert provenance.vector_isa({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}) == "AVX-512+BF16+AMX"
+    assert provenance.vector_isa({"avx2", "avx512f"}) == "AVX-512"
+    assert provenance.vector_isa(set()) is None
 
 
 def test_the_command_is_quoted_as_a_shell_needs():
