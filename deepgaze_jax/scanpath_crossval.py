@@ -50,6 +50,7 @@ from deepgaze_jax.deepgaze3 import DeepGazeIII
 from deepgaze_jax.scanpath_evaluation import by_index, grid_scores, summary
 from deepgaze_jax.input_pipeline import FixationSet, batches, centerbias_of
 from deepgaze_jax.likelihood import LN2
+from deepgaze_jax.params_io import load_params, save_params
 from deepgaze_jax.pretrained import load_backbone
 
 #: The saliency network's layers that the scanpath phase keeps (the reference freezes them too).
@@ -102,21 +103,27 @@ def conditional_scores(model: DeepGazeIII, head: dict, data: FixationSet, center
 
 def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pathlib.Path,
         results_dir: pathlib.Path | None = None, heads_path: pathlib.Path | None = None,
-        static_heads: pathlib.Path | None = None, command: str = "", max_images: int | None = None) -> dict:
+        static_heads: pathlib.Path | None = None, command: str = "", max_images: int | None = None,
+        fold_store: pathlib.Path | None = None, tag: str = "") -> dict:
     """Train DeepGaze III on the given folds (:data:`Recipe` phases) and evaluate every test image.
 
     ``static_heads``: a predictor file of a static model trained on the same folds (e.g. the shipped
     DeepGaze II, ``deepgaze_jax/assets/deepgaze2_vgg16.safetensors``) that the conditional model is
     compared with too, each fold's test images by that fold's heads. Writes
-    ``<results>/deepgaze3_vgg16_crossval.{json,md}`` and, with ``heads_path``, a predictor file of the
-    fold models (an ensemble) with the center bias fitted on all images.
+    ``<results>/deepgaze3_vgg16_crossval[_<tag>].{json,md}`` and, with ``heads_path``, a predictor file
+    of the fold models (an ensemble) with the center bias fitted on all images.
+
+    ``fold_store``: a folder that keeps each trained fold (its head, its test images' scores and its
+    own stamp; :func:`save_fold`), keyed on the recipe and the data. A fold found there is read, not
+    trained again, so the folds of one cross-validation can be trained by several runs (on machines
+    too slow for all 10 at once) and joined by a last run over all of them. The center bias, gold
+    standard and static comparison are recomputed every run.
     """
     started, commit = time.time(), provenance.git_commit()
     source = Source(data_dir)
     model = recipe.scanpath.build_model()
     if not isinstance(model, DeepGazeIII):
         raise ValueError(f"{recipe.scanpath.model} is not a scanpath model (one of {registry.SCANPATH})")
-    spatial_model = model.with_history(0)
     scan = load_scanpaths(source, cache, model.history)
     dataset = scan.dataset
     histories = scan.histories
@@ -142,7 +149,6 @@ def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pat
                          "models trained on some of these test images; drop max_images or the static comparison")
     if static_heads is not None:
         from deepgaze_jax.crossval import fold_heads
-        from deepgaze_jax.params_io import load_params
         from deepgaze_jax.predict import model_from_json
 
         tree, meta = load_params(static_heads)
@@ -155,44 +161,33 @@ def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pat
     spatial_key = zlib.crc32(json.dumps([recipe.to_json()["spatial"], source.name, suffix]).encode())
     spatial_dir = cache / "runs" / f"{recipe.scanpath.model}{suffix}_spatial_{spatial_key:08x}"
     run_key = zlib.crc32(json.dumps([recipe.to_json(), source.name, suffix]).encode())
+    # The fold store outlives the caches: its key holds the data's counts too.
+    store_key = zlib.crc32(json.dumps([recipe.to_json(), source.describe(dataset), suffix]).encode())
     runs_dir = cache / "runs" / f"{recipe.scanpath.model}{suffix}_{run_key:08x}"
     per_image: dict[str, dict[int, np.ndarray]] = {k: {} for k in (
         "conditional", "spatial", "static", "center_bias", "gold", "auc", "nss", "spatial_auc", "spatial_nss",
         "index", "history_length")}
     records, heads = [], []
     for fold in folds:
-        fold_start = time.time()
         split = data_lib.crossval_splits(len(dataset), fold)
+        test = split["test"]
         center_bias = CenterBias.fit(dataset.subset(split["train"]))
         cb = centerbias_function(center_bias)
-        split_ids = {k: [dataset.image_ids[i] for i in v] for k, v in split.items()}
-        workdir = runs_dir / f"fold{fold}"
-        spatial = T.fit(recipe.spatial, static_set.subset(split["train"]), static_set.subset(split["val"]), cb,
-                        workdir=spatial_dir / f"fold{fold}", split=split_ids, model=spatial_model)
-        m = recipe.scanpath.max_fixations or None
-        train = scan_set.subset(split["train"]).split(m) if m else scan_set.subset(split["train"])
-        val = scan_set.subset(split["val"]).split(m) if m else scan_set.subset(split["val"])
-        start = model.extend_head(spatial.best_params, jax.random.PRNGKey(recipe.scanpath.seed))
-        phase = T.fit(recipe.scanpath, train, val, cb, workdir=workdir / "scanpath", split=split_ids,
-                      init_head=start, model=model)
-        phases = {"spatial": spatial, "scanpath": phase}
-        if recipe.joint is not None:
-            phase = T.fit(recipe.joint, train, val, cb, workdir=workdir / "joint", split=split_ids,
-                          init_head=phase.best_params, model=model)
-            phases["joint"] = phase
-        head = phase.best_params
-
-        test = split["test"]
-        test_scan = scan_set.subset(test)
-        test_scan = test_scan.split(m) if m else test_scan
-        batch = recipe.scanpath.batch_size
-        cond = conditional_scores(model, head, test_scan, cb, batch)
-        stat = conditional_scores(spatial_model, spatial.best_params, test_scan, cb, batch)
-        for j, i in enumerate(test):
-            per_image["conditional"][i], per_image["auc"][i], per_image["nss"][i] = (
-                cond["bits"][j], cond["auc"][j], cond["nss"][j])
-            per_image["spatial"][i], per_image["spatial_auc"][i], per_image["spatial_nss"][i] = (
-                stat["bits"][j], stat["auc"][j], stat["nss"][j])
+        stored = None if fold_store is None else fold_store / f"{recipe.scanpath.model}{suffix}_fold{fold}_{store_key:08x}.safetensors"
+        if stored is not None and stored.is_file():
+            head, scores, trained = load_fold(stored, test)
+            print(f"fold {fold}: trained at commit {trained['commit']}, read from {stored}", flush=True)
+        else:
+            split_ids = {k: [dataset.image_ids[i] for i in v] for k, v in split.items()}
+            head, scores, trained = _train_fold(recipe, model, static_set, scan_set, split, split_ids, cb,
+                                                spatial_dir / f"fold{fold}", runs_dir / f"fold{fold}")
+            trained.update(provenance.stamp(command, commit))
+            if stored is not None:
+                save_fold(stored, head, scores, test, trained)
+        for name, values in scores.items():
+            for j, i in enumerate(test):
+                per_image[name][i] = values[j]
+        for i in test:
             per_image["center_bias"][i] = likelihood.bits_at(cb(static_set.shapes[i]), static_set.xs[i], static_set.ys[i])
             per_image["gold"][i] = gold_nats[rows[i]] / LN2
             per_image["index"][i], per_image["history_length"][i] = index_of[i], length_of[i]
@@ -201,13 +196,10 @@ def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pat
             if fold in by_fold:
                 evaluator = T.Evaluator(static_model)
                 bits = likelihood.ensemble_bits([evaluator.fixation_log_likelihoods(
-                    h, static_set.subset(test), cb, batch) for h in by_fold[fold]])
+                    h, static_set.subset(test), cb, recipe.scanpath.batch_size) for h in by_fold[fold]])
                 for j, i in enumerate(test):
                     per_image["static"][i] = bits[j]
-        record = {"fold": fold, **_summary(per_image, test),
-                  "seconds": time.time() - fold_start,
-                  "phases": {name: {"epochs": r.epochs, "best_val_log_likelihood_per_image": r.best_val,
-                                    "history": r.history} for name, r in phases.items()}}
+        record = {"fold": fold, **_summary(per_image, test), **trained}
         records.append(record)
         heads.append(head)
         print(f"fold {fold}: conditional LL {record['conditional_log_likelihood']:.3f}, spatial "
@@ -237,7 +229,7 @@ def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pat
     }
     if results_dir is not None:
         results_dir.mkdir(parents=True, exist_ok=True)
-        stem = results_dir / f"{recipe.scanpath.model}{suffix}_crossval"
+        stem = results_dir / f"{recipe.scanpath.model}{suffix}_crossval{'_' + tag if tag else ''}"
         stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
         stem.with_suffix(".md").write_text(markdown(results))
     if heads_path is not None:
@@ -248,6 +240,72 @@ def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pat
             "folds": ",".join(str(f) for f in folds), "seeds_per_fold": "1", "command": command,
             "commit": results["commit"]})
     return results
+
+
+#: The scores a trained fold keeps in the fold store (per test image, one value per target fixation).
+STORED_SCORES = ("conditional", "auc", "nss", "spatial", "spatial_auc", "spatial_nss")
+
+
+def _train_fold(recipe: Recipe, model: DeepGazeIII, static_set: FixationSet, scan_set: FixationSet,
+                split: dict, split_ids: dict, cb, spatial_dir: pathlib.Path, workdir: pathlib.Path):
+    """Both (or all three) phases of one fold, then its test images scored -> ``(head, scores, trained)``:
+    ``scores[name]`` per test image (:data:`STORED_SCORES`), ``trained`` the seconds and phase histories."""
+    start_time = time.time()
+    spatial_model = model.with_history(0)
+    spatial = T.fit(recipe.spatial, static_set.subset(split["train"]), static_set.subset(split["val"]), cb,
+                    workdir=spatial_dir, split=split_ids, model=spatial_model)
+    m = recipe.scanpath.max_fixations or None
+    train = scan_set.subset(split["train"]).split(m) if m else scan_set.subset(split["train"])
+    val = scan_set.subset(split["val"]).split(m) if m else scan_set.subset(split["val"])
+    start = model.extend_head(spatial.best_params, jax.random.PRNGKey(recipe.scanpath.seed))
+    phase = T.fit(recipe.scanpath, train, val, cb, workdir=workdir / "scanpath", split=split_ids,
+                  init_head=start, model=model)
+    phases = {"spatial": spatial, "scanpath": phase}
+    if recipe.joint is not None:
+        phase = T.fit(recipe.joint, train, val, cb, workdir=workdir / "joint", split=split_ids,
+                      init_head=phase.best_params, model=model)
+        phases["joint"] = phase
+    head = phase.best_params
+    test_scan = scan_set.subset(split["test"])
+    test_scan = test_scan.split(m) if m else test_scan
+    batch = recipe.scanpath.batch_size
+    cond = conditional_scores(model, head, test_scan, cb, batch)
+    stat = conditional_scores(spatial_model, spatial.best_params, test_scan, cb, batch)
+    scores = {"conditional": cond["bits"], "auc": cond["auc"], "nss": cond["nss"],
+              "spatial": stat["bits"], "spatial_auc": stat["auc"], "spatial_nss": stat["nss"]}
+    trained = {"seconds": time.time() - start_time,
+               "phases": {name: {"epochs": r.epochs, "best_val_log_likelihood_per_image": r.best_val,
+                                 "history": r.history} for name, r in phases.items()}}
+    return head, scores, trained
+
+
+def save_fold(path: pathlib.Path, head: dict, scores: dict[str, list[np.ndarray]], test: Sequence[int],
+              trained: dict) -> None:
+    """Write one trained fold to the fold store (safetensors, atomically): its head, the
+    :data:`STORED_SCORES` of its ``test`` images (dataset indices) concatenated with their counts,
+    and ``trained`` (seconds, phase histories, the stamp of the run that trained it) as JSON."""
+    counts = np.asarray([len(v) for v in scores["conditional"]], np.int64)
+    for name in STORED_SCORES:
+        if [len(v) for v in scores[name]] != counts.tolist():
+            raise ValueError(f"fold scores {name!r} do not have one value per target fixation of each test image")
+    tree = {"head": head, "test_images": np.asarray(test, np.int64), "counts": counts,
+            "scores": {name: np.concatenate([np.asarray(v, np.float32) for v in scores[name]])
+                       for name in STORED_SCORES}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_params(path, tree, {"trained": json.dumps(trained)})
+
+
+def load_fold(path: pathlib.Path, test: Sequence[int]) -> tuple[dict, dict[str, list[np.ndarray]], dict]:
+    """A fold written by :func:`save_fold` -> ``(head, scores, trained)``; ``test`` the images this run
+    expects (a ValueError where the stored fold scored others)."""
+    tree, meta = load_params(path)
+    stored = tree["test_images"].tolist()
+    if stored != list(test):
+        raise ValueError(f"{path}: its fold scored test images {stored[:5]}..., this split has {list(test)[:5]}...; "
+                         "the dataset or the split changed, so remove the file to train the fold again")
+    bounds = np.cumsum(tree["counts"])[:-1]
+    scores = {name: np.split(tree["scores"][name], bounds) for name in STORED_SCORES}
+    return tree["head"], scores, json.loads(meta["trained"])
 
 
 def _summary(per_image: dict[str, dict[int, np.ndarray]], images: Sequence[int]) -> dict:
@@ -291,6 +349,13 @@ def markdown(results: dict) -> str:
         f"**{f(t['information_gain_over_spatial'])}** | {f(t['static_log_likelihood'])} | "
         f"{f(t.get('information_gain_over_static'))} | {f(t['conditional_auc'], 4)} | {f(t['conditional_nss'])} | |",
         "",
+    ]
+    elsewhere = [r for r in results["folds"] if r.get("commit", results["commit"]) != results["commit"]]
+    if elsewhere:
+        lines += ["Folds trained by earlier runs and read from the fold store: " + "; ".join(
+            f"fold {r['fold']} by `{r['command']}` at commit {(r['commit'] or 'unknown')[:7]}, {r['date']}, {r['machine']}, "
+            f"{r['seconds']:.0f} s" for r in elsewhere) + ".", ""]
+    lines += [
         f"Information gain of the history over the spatial model: {t['information_gain_over_spatial']:.3f} "
         f"bits/fixation, 95 % bootstrap interval over images [{lo:.3f}, {hi:.3f}].  ",
     ]

@@ -7,6 +7,11 @@ The phases' configs come from ``experiments/configs/deepgaze3_vgg16.json`` (``sp
 with its own spatial phase and with the shipped DeepGaze II's fold heads
 (``deepgaze_jax/assets/deepgaze2_vgg16.safetensors``, trained on the same folds). ``--ship`` writes the
 fold ensemble to ``deepgaze_jax/assets/deepgaze3_vgg16.safetensors``.
+
+Each trained fold is kept in ``experiments/results/deepgaze3_vgg16_folds/`` (its head, its test
+images' scores, its stamp; a few hundred kB) and read from there by later runs of the same recipe, so
+the 10 folds can be trained a few at a time, e.g. ``--folds 2-4 --tag folds2-4`` in one session, and
+joined by ``--folds 0-9 --ship`` once all are there.
 """
 
 import argparse
@@ -32,6 +37,10 @@ def main() -> int:
     parser.add_argument("--static", type=pathlib.Path, default=REPO / "deepgaze_jax" / "assets" / "deepgaze2_vgg16.safetensors",
                         help="the static predictor (fold heads) to compare with")
     parser.add_argument("--no-static", action="store_true", help="compare with the spatial phase only")
+    parser.add_argument("--fold-store", type=pathlib.Path,
+                        help=f"where trained folds are kept (default experiments/results/{MODEL}_folds; "
+                             "with --max-images, the cache)")
+    parser.add_argument("--tag", default="", help="results file suffix: <results>/deepgaze3_vgg16_crossval_TAG.*")
     parser.add_argument("--max-images", type=int, help="only the first images (a quick trial)")
     parser.add_argument("--set", action="append", default=[], metavar="PHASE.KEY=JSON", help="override a config value")
     args = parser.parse_args()
@@ -44,10 +53,11 @@ def main() -> int:
         phases[phase] = {**(phases[phase] or {}), name: json.loads(value)}
     configs = {k: None if v is None else TrainConfig.from_dict({"model": MODEL, **v}) for k, v in phases.items()}
     recipe = scanpath_crossval.Recipe(**configs)
+    store = args.fold_store or (args.cache / "folds" if args.max_images else args.results / f"{MODEL}_folds")
     out = (REPO / "deepgaze_jax" / "assets" if args.ship else args.cache) / f"{MODEL}.safetensors"
     results = scanpath_crossval.run(recipe, args.data, crossval.parse_folds(args.folds), args.cache, args.results, out,
                                     None if args.no_static else args.static, command="python experiments/deepgaze3_crossval.py " + shlex.join(sys.argv[1:]),
-                                    max_images=args.max_images)
+                                    max_images=args.max_images, fold_store=store, tag=args.tag)
     print(scanpath_crossval.markdown(results))
     return 0
 

@@ -2,6 +2,7 @@
 scanpath summaries it shares with `deepgaze evaluate`."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -44,15 +45,16 @@ def test_summary_means_gains_and_missing_baselines():
     assert out["static_log_likelihood"] == 0.5
 
 
-def test_crossval_trains_scores_and_ships_two_folds(tmp_path):
+def test_crossval_trains_scores_and_ships_two_folds(tmp_path, monkeypatch):
     data = _scanpath_csv(tmp_path / "scan")
     small = {"model": "deepgaze3_vgg16", "batch_size": 2, "max_epochs": 1, "patience": 1}
     recipe = scanpath_crossval.Recipe(
         spatial=TrainConfig.from_dict(small),
         scanpath=TrainConfig.from_dict({**small, "max_fixations": 4, "frozen": ["saliency/conv0", "saliency/conv1"]}))
     heads = tmp_path / "dg3.safetensors"
+    store = tmp_path / "store"
     results = scanpath_crossval.run(recipe, data, [0, 1], tmp_path / "cache", tmp_path / "results", heads,
-                                    command="test")
+                                    command="test", fold_store=store)
     folds, total = results["folds"], results["total"]
     assert [r["fold"] for r in folds] == [0, 1]
     # one test image per fold, every fixation of its 3 scanpaths a target (no forced start in a CSV)
@@ -85,3 +87,18 @@ def test_crossval_trains_scores_and_ships_two_folds(tmp_path):
     assert log_p.shape == (1, 48, 64)
     assert abs(np.logaddexp.reduce(log_p[0].astype(np.float64).ravel())) < 1e-4
 
+
+    # The fold store: a later run reads the trained folds instead of training them again (no runs made).
+    stored = sorted(p.name for p in store.iterdir())
+    assert len(stored) == 2 and stored[0].startswith("deepgaze3_vgg16_fold0_")
+    shutil.rmtree(tmp_path / "cache" / "runs")
+    monkeypatch.setattr(scanpath_crossval.provenance, "git_commit", lambda: "f" * 40)  # a later commit
+    again = scanpath_crossval.run(recipe, data, [1], tmp_path / "cache", tmp_path / "results", None,
+                                  command="test again", fold_store=store, tag="fold1")
+    assert not (tmp_path / "cache" / "runs").exists()
+    assert again["folds"][0]["conditional_log_likelihood"] == folds[1]["conditional_log_likelihood"]
+    assert again["folds"][0]["command"] == "test" and again["command"] == "test again"
+    md = (tmp_path / "results" / "deepgaze3_vgg16_crossval_fold1.md").read_text()
+    assert f"read from the fold store: fold 1 by `test` at commit {folds[1]['commit'][:7]}" in md
+    with pytest.raises(ValueError, match="scored test images"):
+        scanpath_crossval.load_fold(store / stored[1], [0])
