@@ -2,15 +2,12 @@
 
 XLA:CPU allocates each step's large temporaries (tens of MB: a DeepGaze III scanpath step's 256
 fixations of 128-channel maps, their gradients) with glibc's ``malloc``, which maps every buffer above
-32 MB afresh and unmaps it when freed, so the kernel zeroes and faults in 4 kB pages on every step:
-373,000 page faults and 1.1-1.3 s of system time per DeepGaze III train step on a 2-core CPU, about
-40 % of the step. glibc's tunable ``glibc.malloc.hugetlb=1`` (glibc 2.35+) asks for transparent huge
-pages on those mappings, which cuts the faults ~100-fold and makes the same step 1.7-1.8x faster,
-bit for bit the same result (``experiments/allocator_speed.py``).
+32 MB afresh and unmaps it when freed, so the kernel zeroes and faults in 4 kB pages on every step.
+glibc's tunable ``glibc.malloc.hugetlb=1`` (glibc 2.35+) asks for transparent huge pages on those
+mappings instead; it changes no result. ``experiments/allocator_speed.py`` measures both ways.
 
 A tunable is read when the process starts, so :func:`reexec` starts the process again with it set
-(``GLIBC_TUNABLES``; the same interpreter and arguments, before any work is done). The training
-commands call it; ``DEEPGAZE_HUGE_PAGES=off`` leaves the process as it is. Python users set the
+(``GLIBC_TUNABLES``; the same interpreter and arguments, before any work is done). No command calls it yet; ``DEEPGAZE_HUGE_PAGES=off`` leaves the process as it is. Python users set the
 variable themselves: ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python train.py``.
 """
 
