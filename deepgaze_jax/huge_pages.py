@@ -7,8 +7,9 @@ glibc's tunable ``glibc.malloc.hugetlb=1`` (glibc 2.35+) asks for transparent hu
 mappings instead; it changes no result. ``experiments/allocator_speed.py`` measures both ways.
 
 A tunable is read when the process starts, so :func:`reexec` starts the process again with it set
-(``GLIBC_TUNABLES``; the same interpreter and arguments, before any work is done). No command calls it yet; ``DEEPGAZE_HUGE_PAGES=off`` leaves the process as it is. Python users set the
-variable themselves: ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python train.py``.
+(``GLIBC_TUNABLES``; the same interpreter and arguments, before any work is done). No command calls it
+yet; ``DEEPGAZE_HUGE_PAGES=off`` leaves the process as it is. Python users set the variable themselves:
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python train.py``.
 """
 
 from __future__ import annotations
@@ -51,12 +52,12 @@ def wanted(environ: dict[str, str] | None = None, glibc: tuple[int, int] | None 
     """Whether the process should restart with the tunable: glibc 2.35+, a kernel that gives huge pages
     on request, the tunable not set yet, and not turned off by :data:`ENV`."""
     environ = os.environ if environ is None else environ
-    glibc = glibc_version() if glibc is None else glibc
-    mode = kernel_mode() if mode is None else mode
     if environ.get(ENV, "").strip().lower() in OFF or environ.get(_RESTARTED):
         return False
     if TUNABLE in environ.get("GLIBC_TUNABLES", ""):
         return False
+    glibc = glibc_version() if glibc is None else glibc
+    mode = kernel_mode() if mode is None else mode
     return glibc is not None and glibc >= (2, 35) and mode in ("always", "madvise")
 
 

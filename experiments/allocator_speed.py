@@ -28,7 +28,10 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-HUGE = "glibc.malloc.hugetlb=1"
+sys.path.insert(0, str(REPO))
+
+from deepgaze_jax import huge_pages  # noqa: E402  (light: no jax)
+
 WORKLOADS = ("dg3_step", "dg2_step", "dg2_predict")
 H, W = 768, 1024
 
@@ -93,9 +96,8 @@ def worker(name: str, steps: int) -> dict:
 
 def _run(name: str, steps: int, huge: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    env["DEEPGAZE_HUGE_PAGES"] = "off"
-    if huge:
-        env["GLIBC_TUNABLES"] = HUGE
+    env = huge_pages.environment(env) if huge else env
+    env[huge_pages.ENV] = "off"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, __file__, "--worker", name, "--steps", str(steps)], env=env,
                           capture_output=True, text=True)
