@@ -7,8 +7,12 @@ glibc's tunable ``glibc.malloc.hugetlb=1`` (glibc 2.35+) asks for transparent hu
 mappings instead; it changes no result. ``experiments/allocator_speed.py`` measures both ways.
 
 A tunable is read when the process starts, so :func:`reexec` starts the process again with it set
-(``GLIBC_TUNABLES``; the same interpreter and arguments, before any work is done). No command calls it
-yet; ``DEEPGAZE_HUGE_PAGES=off`` leaves the process as it is. Python users set the variable themselves:
+(``GLIBC_TUNABLES``; the same interpreter and arguments, before any work is done);
+``DEEPGAZE_HUGE_PAGES=off`` leaves the process as it is. On a 2-core AMD EPYC
+(``experiments/results/allocator_speed_epyc_avx2.md``) it makes a DeepGaze III scanpath train step 1.72x
+faster, but a DeepGaze II train step from cached features (small buffers) 0.83x as fast and inference
+about the same, so only the DeepGaze III trainer (``experiments/deepgaze3_crossval.py``) calls it, not
+``deepgaze train``. Python users set the variable themselves:
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python train.py``.
 """
 
