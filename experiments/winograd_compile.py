@@ -6,7 +6,8 @@ The baseline module is read from git (``git show COMMIT:deepgaze_jax/winograd.py
 the current one, so both run in one process on the same inputs. For every distinct 3x3 stride-1 layer
 shape of the backbone at the image size (DeepGaze II feeds VGG the image shrunk by 2), F(2x2, 3x3) and
 F(4x4, 3x3), float32, batch 1: each round compiles each version afresh (a new ``jax.jit``, lowering and
-XLA compile timed) and times one call, versions interleaved with the order alternating; medians. Then
+XLA compile timed) and times ``--calls`` calls (their median), versions interleaved with the order
+alternating; medians over rounds. Then
 the whole backbone with ``conv_impl="auto"`` (the layers ``auto`` gives to Winograd; the rest XLA's
 convolution), with ``deepgaze_jax.backbones`` pointed at each version in turn. Every output is compared
 with XLA's direct convolution (and the backbone's with ``conv_impl="xla"``): the largest relative
@@ -52,16 +53,20 @@ def baseline_module(commit: str):
     return module
 
 
-def _time(fn, *args) -> tuple[float, float, jax.Array]:
-    """Seconds to lower and compile ``jax.jit(fn)``, seconds of one call after a warm-up, the output."""
+def _time(fn, *args, calls: int = 1) -> tuple[float, float, jax.Array]:
+    """Seconds to lower and compile ``jax.jit(fn)``, the median seconds of ``calls`` calls after a warm-up,
+    the output."""
     jax.clear_caches()  # nothing traced or compiled in an earlier round is reused
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - start
     jax.block_until_ready(compiled(*args))
-    start = time.perf_counter()
-    out = jax.block_until_ready(compiled(*args))
-    return compile_s, time.perf_counter() - start, out
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        out = jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+    return compile_s, float(np.median(times)), out
 
 
 def _relative(out, reference) -> float:
@@ -71,15 +76,16 @@ def _relative(out, reference) -> float:
                      / np.abs(np.asarray(r, np.float64)).max()) for o, r in pairs)
 
 
-def _compare(name: str, fns: dict, args: tuple, reference, rounds: int) -> dict:
-    """``fns``: version -> function of ``args``; medians over ``rounds`` of fresh compiles and calls."""
+def _compare(name: str, fns: dict, args: tuple, reference, rounds: int, calls: int) -> dict:
+    """``fns``: version -> function of ``args``; medians over ``rounds`` of fresh compiles and of the
+    median of ``calls`` calls each."""
     versions = list(fns)
     compile_s = {v: [] for v in versions}
     run_s = {v: [] for v in versions}
     error = {}
     for r in range(rounds):
         for v in (versions if r % 2 == 0 else versions[::-1]):
-            c, t, out = _time(fns[v], *args)
+            c, t, out = _time(fns[v], *args, calls=calls)
             compile_s[v].append(c)
             run_s[v].append(t)
             error[v] = max(error.get(v, 0.0), _relative(out, reference))
@@ -98,6 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", default="768x1024", help="image HxW (the backbone sees it shrunk by --downsample)")
     parser.add_argument("--downsample", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=3, help="timed calls per compile (their median)")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args(argv)
     commit = provenance.git_commit()
@@ -115,7 +122,8 @@ def main(argv=None) -> int:
         for m in winograd.TILES:
             fns = {v: (lambda x, mod=mod, u=mod.filter_transform(kernel, m): mod.conv3x3(x, u, None, m))
                    for v, mod in versions.items()}
-            rows.append(_compare(f"{names} {h}x{w}, {cin}->{cout}, F({m}x{m})", fns, (x,), reference, args.rounds))
+            rows.append(_compare(f"{names} {h}x{w}, {cin}->{cout}, F({m}x{m})", fns, (x,), reference,
+                                 args.rounds, args.calls))
     # The whole backbone under "auto", as a predictor runs it (filters transformed once, outside the jit).
     names = model.DEEPGAZE2_LAYERS[args.arch] if args.arch in model.DEEPGAZE2_LAYERS else backbones.layer_names(args.arch)
     params = backbones.init_backbone(jax.random.PRNGKey(0), args.arch)
@@ -133,9 +141,10 @@ def main(argv=None) -> int:
             finally:
                 backbones.winograd = winograd
         fns[v] = run
-    rows.append(_compare(f"whole {args.arch} backbone, auto, {h0}x{w0}", fns, (image,), reference, args.rounds))
+    rows.append(_compare(f"whole {args.arch} backbone, auto, {h0}x{w0}", fns, (image,), reference,
+                         args.rounds, args.calls))
     results = {"arch": args.arch, "image": [height, width], "downsample": args.downsample, "rounds": args.rounds,
-               "baseline": args.baseline, "device": str(jax.devices()[0]), "rows": rows}
+               "calls": args.calls, "baseline": args.baseline, "device": str(jax.devices()[0]), "rows": rows}
     results = provenance.stamped(results, provenance.stamp(provenance.command("experiments/winograd_compile.py", argv),
                                                            commit))
     out = args.out or REPO / "experiments" / "results" / f"winograd_compile_{args.arch}"
@@ -160,7 +169,8 @@ def markdown(results: dict) -> str:
     lines = [provenance.markdown_line(results), "",
              f"{results['arch']}, image {results['image'][0]}x{results['image'][1]} (backbone input shrunk by "
              f"{results['downsample']}), batch 1, float32, on {results['device']}; medians over {results['rounds']} "
-             f"rounds, each compiling afresh; baseline: deepgaze_jax/winograd.py at {results['baseline']}.", "",
+             f"rounds, each compiling afresh and timing the median of {results['calls']} calls; baseline: "
+             f"deepgaze_jax/winograd.py at {results['baseline']}.", "",
              HEADER, "| --- | ---: | ---: | ---: | ---: | --- |"]
     lines += [markdown_row(row) for row in results["rows"]]
     return "\n".join(lines) + "\n"
