@@ -11,7 +11,8 @@ may also hold its Winograd-transformed kernel, ``"winograd2"`` / ``"winograd4"``
 
 How each convolution is computed (``conv_impl``): ``"xla"`` (XLA's convolution), ``"winograd2"`` /
 ``"winograd4"`` (every 3x3 stride-1 layer as Winograd F(2x2, 3x3) / F(4x4, 3x3), the others by XLA), or
-``"auto"`` (per layer, whichever :func:`deepgaze_jax.winograd.plan` measured faster on the platform).
+``"auto"`` (per layer, the platform's rule in :data:`deepgaze_jax.winograd.AUTO_RULES`, read off
+measured per-layer times).
 """
 
 from __future__ import annotations
