@@ -62,7 +62,7 @@ from typing import Literal
 
 import numpy as np
 
-from deepgaze_jax import provenance  # metric_maps and metrics (jax) load when used: `deepgaze --help` stays quick
+from deepgaze_jax import atomic_write, provenance  # metric_maps and metrics (jax) load when used: `deepgaze --help` stays quick
 from deepgaze_jax.images import MAX_PIXELS, ImageError, batches_by_size, load_image
 
 MANIFEST = "manifest.json"
@@ -294,21 +294,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it there: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def check_npy(path: pathlib.Path, shape: tuple[int, int], sha256: str | None = None) -> tuple[str | None, str]:
     """``(sha256, "")`` if ``path`` is a float32 ``.npy`` of ``shape`` whose size matches its header
     (and whose sha256 is ``sha256`` where given), else ``(None, why)``."""
@@ -470,7 +455,7 @@ class _Run:
             raise ValueError(f"{rel}: the map is {array.shape} with non-finite values or of another shape than "
                              f"the stimulus {stimulus.shape}; not written")
         data = _npy_bytes(array)
-        _write_atomic(self.out / rel, data)
+        atomic_write.write_bytes(self.out / rel, data)
         self._record(rel, hashlib.sha256(data).hexdigest(), stimulus)
         self.summary.written.append(rel)
 
@@ -601,7 +586,7 @@ def _open_export(out: pathlib.Path, overwrite: bool, name: str, heads_file: path
 
 
 def _write_manifest(out: pathlib.Path, manifest: dict) -> None:
-    _write_atomic(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    atomic_write.write_bytes(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
 
 
 def export_benchmark(

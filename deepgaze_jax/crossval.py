@@ -314,10 +314,7 @@ def run(config: TrainConfig, data_dir: pathlib.Path, folds: list[int], cache: pa
         results["extra_data"] = [{"name": e.name, "dataset": e.describe(ds)} for e, ds in zip(extras, extra_sets)]
         results["recipe"] = recipe
     if results_dir is not None and distributed.is_main():
-        results_dir.mkdir(parents=True, exist_ok=True)
-        stem = results_dir / f"{name}_crossval"
-        stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-        stem.with_suffix(".md").write_text(markdown(results))
+        provenance.write_results(results_dir / f"{name}_crossval", results, markdown(results))
         evaluation.write(results_dir, stem=f"{name}_crossval_metrics", stamp=provenance.stamp(command, commit))
         plot_training_curves(results_dir / f"{name}_training_curves.png", results)
     if heads_path is not None and distributed.is_main():

@@ -24,7 +24,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
-import json
 import math
 import os
 import pathlib
@@ -110,15 +109,8 @@ class EvaluationResult:
               stamp: dict[str, str] | None = None) -> tuple[pathlib.Path, pathlib.Path]:
         """Write ``<stem>.json`` (everything, per-image rows included) and ``<stem>.md`` (the table),
         both stamped with ``stamp`` (:func:`deepgaze_jax.provenance.stamp`) where given."""
-        out_dir = pathlib.Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-        doc, md = self.to_dict(), self.to_markdown()
-        if stamp is not None:
-            doc, md = provenance.stamped(doc, stamp), provenance.add_to_markdown(md, stamp)
-        json_path.write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n")
-        md_path.write_text(md)
-        return json_path, md_path
+        return provenance.write_results(pathlib.Path(out_dir) / stem, self.to_dict(), self.to_markdown(),
+                                        stamp=stamp, indent=1)
 
 
 def default_workers() -> int:

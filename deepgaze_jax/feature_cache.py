@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import pathlib
 import time
 import zipfile
@@ -24,7 +23,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from deepgaze_jax import distributed, winograd
+from deepgaze_jax import atomic_write, distributed, winograd
 from deepgaze_jax import model as model_lib
 from deepgaze_jax.images import batches_by_size
 
@@ -112,9 +111,8 @@ def write(path: pathlib.Path, key: dict, features: Sequence[np.ndarray]) -> None
     if len(features) != key["images"]:
         raise ValueError(f"{len(features)} feature maps for a key of {key['images']} images")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{jax.process_index()}.npz")
-    np.savez(tmp, key=json.dumps(key, sort_keys=True), **{f"f{i}": f for i, f in enumerate(features)})
-    os.replace(tmp, path)
+    with atomic_write.replacing(path, suffix=".npz") as tmp:  # np.savez would add .npz to any other name
+        np.savez(tmp, key=json.dumps(key, sort_keys=True), **{f"f{i}": f for i, f in enumerate(features)})
 
 
 def cached_features(model: model_lib.DeepGaze, backbone: dict, dataset, cache: pathlib.Path, dataset_name: str,

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from deepgaze_jax import atomic_write
 
 FORMAT = "deepgaze-jax-params"
 VERSION = "1"
@@ -58,12 +59,6 @@ def unflatten_params(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return tree
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_params(path: str | os.PathLike[str], tree: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> None:
     """Write ``tree`` (nested dict of arrays, numpy or jax) to ``path`` atomically.
 
@@ -84,19 +79,8 @@ def save_params(path: str | os.PathLike[str], tree: Mapping[str, Any], metadata:
 
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
-    # Same folder, so os.replace is an atomic rename; readers see the old file or the complete new one.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(flat, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write.replacing(path) as tmp:
+        save_file(flat, str(tmp), metadata=meta)
 
 
 def load_params(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -2,16 +2,19 @@
 
 Every script that writes into ``experiments/results/`` stamps what it writes with :func:`stamp`: JSON
 files get the fields ``command``, ``date``, ``machine`` and ``commit`` (:func:`stamped`), markdown files
-one line under their title (:func:`markdown_line`, :func:`add_to_markdown`). The formats are those
-``deepgaze_jax.crossval`` has written since its first stamped run, so old and new stamps compare::
+one line under their title (:func:`markdown_line`, :func:`add_to_markdown`); :func:`write_results`
+writes the pair. The formats are those ``deepgaze_jax.crossval`` has written since its first stamped run,
+so old and new stamps compare::
 
     commit = provenance.git_commit()              # first thing: the code the run starts from
     ...                                           # the run
     doc = provenance.stamped(results, provenance.stamp(provenance.command("experiments/x.py"), commit))
+    provenance.write_results(REPO / "experiments" / "results" / "x", doc, markdown(doc))
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import platform
@@ -21,6 +24,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+
+from deepgaze_jax import atomic_write
 
 FIELDS = ("command", "date", "machine", "commit")
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -125,3 +130,24 @@ def add_to_markdown(text: str, stamp: dict[str, str]) -> str:
     while rest and not rest[0].strip():
         rest = rest[1:]
     return "\n".join([lines[0], "", markdown_line(stamp), "", *rest])
+
+
+def write_results(stem: str | pathlib.Path, results: dict, markdown: str | None = None, *,
+                  stamp: dict[str, str] | None = None, indent: int = 2) -> tuple[pathlib.Path, pathlib.Path | None]:
+    """Write ``results`` to ``<stem>.json`` and ``markdown`` (where given) to ``<stem>.md``, each atomically,
+    creating the folder (a ``stem`` ending in ``.json`` or ``.md`` names the same pair as without; other
+    dots stay in the name). With ``stamp``, the JSON is :func:`stamped` and the markdown gets :func:`markdown_line` under
+    its title; without, they are written as given. Returns the two paths (the second None without
+    markdown)."""
+    stem = pathlib.Path(stem)
+    if stem.suffix in (".json", ".md"):
+        stem = stem.with_suffix("")
+    json_path, md_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
+    if stamp is not None:
+        results = stamped(results, stamp)
+        markdown = None if markdown is None else add_to_markdown(markdown, stamp)
+    atomic_write.write_text(json_path, json.dumps(results, indent=indent) + "\n")
+    if markdown is None:
+        return json_path, None
+    atomic_write.write_text(md_path, markdown)
+    return json_path, md_path

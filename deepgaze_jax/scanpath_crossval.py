@@ -228,10 +228,8 @@ def run(recipe: Recipe, data_dir: pathlib.Path, folds: Sequence[int], cache: pat
         **provenance.stamp(command, commit),
     }
     if results_dir is not None:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        stem = results_dir / f"{recipe.scanpath.model}{suffix}_crossval{'_' + tag if tag else ''}"
-        stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-        stem.with_suffix(".md").write_text(markdown(results))
+        provenance.write_results(results_dir / f"{recipe.scanpath.model}{suffix}_crossval{'_' + tag if tag else ''}",
+                                 results, markdown(results))
     if heads_path is not None:
         from deepgaze_jax.predict import save_predictor_heads
 

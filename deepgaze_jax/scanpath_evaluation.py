@@ -11,7 +11,6 @@ fixation's position in its scanpath.
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Mapping, Sequence
 
@@ -150,14 +149,12 @@ def by_index(per_image: dict[str, Sequence[np.ndarray]], baselines: Sequence[str
 def write(out_dir: pathlib.Path, name: str, per_image: dict[str, Sequence[np.ndarray]], image_ids: Sequence[str],
           command: str = "") -> dict:
     """``scanpath_metrics.json`` (summary, by position, per-image means) and ``scanpath_metrics.md``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     result = {"model": name, "total": summary(per_image), "by_index": by_index(per_image),
               "per_image": {image_ids[i]: {k: float(np.mean(v[i])) if len(v[i]) else None
                                            for k, v in per_image.items() if k in ("conditional", "static", "auc", "nss")}
                             for i in range(len(image_ids))},
               **provenance.stamp(command)}
-    (out_dir / "scanpath_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / "scanpath_metrics.md").write_text(markdown(result))
+    provenance.write_results(out_dir / "scanpath_metrics", result, markdown(result))
     return result
 
 

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 import types
 import zlib
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from deepgaze_jax import distributed, likelihood
+from deepgaze_jax import atomic_write, distributed, likelihood
 from deepgaze_jax import model as model_lib
 from deepgaze_jax.config import TrainConfig
 from deepgaze_jax.input_pipeline import Batch, CenterBiases, FixationSet, batches, centerbias_of, loss_weights
@@ -237,13 +236,6 @@ def fingerprint(config: TrainConfig, *parts: FixationSet) -> int:
 # --- the loop --------------------------------------------------------------------------------
 
 
-def _write_json_atomic(path: pathlib.Path, value) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def fit(
     config: TrainConfig,
     train: FixationSet,
@@ -328,9 +320,9 @@ def fit(
                 if saved != config:
                     raise ValueError(f"{workdir} holds a run with another config; use a new folder")
             elif distributed.is_main():
-                _write_json_atomic(config_path, json.loads(config.to_json()))
+                atomic_write.write_text(config_path, json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True))
             if split is not None and distributed.is_main():
-                _write_json_atomic(workdir / "split.json", split)
+                atomic_write.write_text(workdir / "split.json", json.dumps(split, indent=2, sort_keys=True))
         options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
         latest = ocp.CheckpointManager(workdir / "latest", options=options)
         best = ocp.CheckpointManager(workdir / "best", options=options)

@@ -127,9 +127,7 @@ def main(argv=None) -> int:
 
     results = provenance.stamped(results, provenance.stamp(provenance.command("experiments/backbone_accuracy.py", argv),
                                                            commit))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(results))
+    provenance.write_results(args.out, results, markdown(results), indent=1)
     print(markdown(results))
     return 0 if all(v["passes"] for m in results["models"].values() for v in m["variants"].values()) else 1
 

@@ -64,7 +64,7 @@ def fit_config(mit1003: pathlib.Path | None, config: str, tfds_dir: pathlib.Path
     }
 
 
-def write_markdown(path: pathlib.Path, result: dict) -> None:
+def markdown(result: dict) -> str:
     lines = [f"# {result.get('dataset', 'MIT1003')} baselines", "", provenance.markdown_line(result), "",
              "Log-likelihoods in bits/fixation relative to the uniform model; bandwidths as a fraction of "
              "image height (y) and width (x). Center bias: leave-one-image-out. Gold standard: "
@@ -91,7 +91,7 @@ def write_markdown(path: pathlib.Path, result: dict) -> None:
               "optimum: the reference notebook's bandwidth and uniform weight score within 0.003 bits of ours."
               if "twosize" in result["configs"] else "Notes: the reference notebook's parameters were fitted on "
               "MIT1003; they are scored here for comparison only."]
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -112,9 +112,7 @@ def main() -> None:
         print(config, json.dumps(r, indent=1), flush=True)
     result["total_seconds"] = round(time.perf_counter() - start, 1)
     result = provenance.stamped(result, provenance.stamp(provenance.command("experiments/baselines.py"), commit))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    write_markdown(args.out.with_suffix(".md"), result)
+    provenance.write_results(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ writes the median wall seconds to ``experiments/results/command_time.{json,md}``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import statistics
@@ -85,8 +84,6 @@ def main(argv=None) -> int:
             for (m, i, n, s), t in times.items()]
     results = {"repeats": args.repeats, "load_average_1min": load, "rows": rows}
     results = provenance.stamped(results, provenance.stamp(provenance.command("experiments/command_time.py", argv), commit))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     median = {(r["model"], r["conv_impl"], r["input"], r["cache"]): r["median"] for r in rows}
     lines = ["# A whole `deepgaze predict`, by convolution and compilation cache", "",
              provenance.markdown_line(results), "",
@@ -99,7 +96,7 @@ def main(argv=None) -> int:
             for state in ("cold", "warm"):
                 xla, auto = median[model, "xla", name, state], median[model, "auto", name, state]
                 lines.append(f"| {model} | {name} | {state} | {xla:.1f} s | {auto:.1f} s | {xla / auto:.2f}x |")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    provenance.write_results(args.out, results, "\n".join(lines) + "\n", indent=1)
     print("\n".join(lines))
     return 0
 

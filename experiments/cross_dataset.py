@@ -11,7 +11,6 @@ metric) and ``<name>_cross_dataset.json`` (the summary, stamped with command, co
 """
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -74,7 +73,7 @@ def main() -> int:
         **provenance.stamp(command, commit),
         "seconds": time.time() - started,
     }
-    (args.results / f"{name}_cross_dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
+    provenance.write_results(args.results / f"{name}_cross_dataset", summary)
     t = summary["total"]
     print(f"{name}: LL {t['log_likelihood']:.3f} IG {t['information_gain']:.3f} explained "
           f"{100 * t['explained_information_gain']:.1f} %, AUC {evaluation.summary['AUC']:.3f}, "

@@ -15,7 +15,6 @@ largest relative difference of the features from ``xla``'s, to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -81,8 +80,6 @@ def main(argv=None) -> int:
                "batch_size": 4, "load_average_1min": load, "rows": rows}
     results = provenance.stamped(results, provenance.stamp(provenance.command("experiments/feature_pass_speed.py", argv),
                                                            commit))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     lines = ["# MIT1003 feature pass of DeepGaze II (VGG-16) by backbone convolution", "",
              provenance.markdown_line(results), "",
              f"{len(images)} MIT1003 twosize images (evenly spaced), in the feature cache's batches (4 images of one "
@@ -92,7 +89,7 @@ def main(argv=None) -> int:
     for impl, row in rows.items():
         lines.append(f"| {impl} | {row['seconds_per_image']:.3f} | {row['speed_vs_xla']:.2f}x "
                      f"| {row['seconds_per_image'] * 1003 / 60:.1f} min | {row['max_relative_feature_difference']:.1e} |")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    provenance.write_results(args.out, results, "\n".join(lines) + "\n", indent=1)
     print("\n".join(lines))
     return 0
 

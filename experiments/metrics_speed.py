@@ -224,8 +224,6 @@ def main() -> None:
 
     report["load_average_end"] = os.getloadavg()
     report = provenance.stamped(report, provenance.stamp(provenance.command("experiments/metrics_speed.py"), commit))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     s = report["subset"]
     subset_label = "all of MIT1003" if s["every"] == 1 else f"every {s['every']}th image of MIT1003"
     lines = [
@@ -258,7 +256,9 @@ def main() -> None:
         "| --- | --- | --- | --- |",
     ]
     lines += [f"| {k} | {s['ours'][k]:.8f} | {s['pysaliency'][k]:.8f} | {s['pysaliency_seconds_per_metric'][k]:.1f} |" for k in s["ours"]]
-    (args.out / f"{args.stem}.md").write_text("\n".join(lines) + "\n" + (NOTES_CACHE_ON if args.pysaliency_caching else NOTES_CACHE_OFF))
+    provenance.write_results(args.out / args.stem, report,
+                             "\n".join(lines) + "\n" + (NOTES_CACHE_ON if args.pysaliency_caching else NOTES_CACHE_OFF),
+                             indent=1)
     print("\n".join(lines))
 
 

@@ -84,8 +84,7 @@ def main() -> int:
                "gold_standard_information_gain": gold, "gold_from": args.gold_from.name,
                "explained_information_gain": evaluation.summary["IG"] / gold,
                "metrics": evaluation.summary, "metrics_file": f"{args.name}_crossval_metrics.json"}
-    (results_dir / f"{args.name}_crossval.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (results_dir / f"{args.name}_crossval.md").write_text(markdown(summary))
+    provenance.write_results(results_dir / f"{args.name}_crossval", summary, markdown(summary))
     print(markdown(summary))
     if args.out is not None:
         save_predictor_heads(args.out, wide, [h for fold in folds for h in heads[fold]], CenterBias.fit(dataset),

@@ -12,7 +12,6 @@ features: the time depends on the shapes only. Prints and writes milliseconds pe
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -71,14 +70,12 @@ def main(argv=None) -> int:
                "rows": rows}
     results = provenance.stamped(results, provenance.stamp(
         provenance.command("experiments/readout_step_speed.py", argv), commit))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     lines = ["# One readout training step on MIT1003-shaped features", "", provenance.markdown_line(results), "",
              f"Batch of {batch} images, features 24x32x2560 (VGG-16 block 5 of 768x1024 at downsampling 2), "
              f"{fixations} fixations each, Adam; mean of {args.steps} calls after compiling.", "",
              "| model | train step | forward loss |", "| --- | ---: | ---: |"]
     lines += [f"| {name} | {r['train_step_ms']:.1f} ms | {r['forward_loss_ms']:.1f} ms |" for name, r in rows.items()]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    provenance.write_results(args.out, results, "\n".join(lines) + "\n", indent=1)
     print("\n".join(lines))
     return 0
 

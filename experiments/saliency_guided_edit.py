@@ -18,7 +18,6 @@ time, stamped with command, commit, date and machine (:mod:`deepgaze_jax.provena
 """
 
 import argparse
-import json
 import pathlib
 import time
 
@@ -129,9 +128,7 @@ def main() -> None:
         "mass_per_step": masses,
     }
     out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(provenance.stamped(results, stamp), indent=2) + "\n")
-    out.with_suffix(".md").write_text(provenance.add_to_markdown(markdown(results), stamp))
+    provenance.write_results(out, results, markdown(results), stamp=stamp)
     draw(out.with_suffix(".png"), image_u8, edited_u8, before, after_u8, mask, (x0, y0, x1, y1), results)
     print(provenance.markdown_line(stamp))
     print(f"attention mass in the region {results['mass_before']:.3f} -> {results['mass_after_uint8']:.3f} "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import pathlib
 import subprocess
 import sys
@@ -148,10 +147,8 @@ def main(argv=None) -> int:
     results = provenance.stamped(results, provenance.stamp(provenance.command("experiments/winograd_compile.py", argv),
                                                            commit))
     out = args.out or REPO / "experiments" / "results" / f"winograd_compile_{args.arch}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(results))
-    print(f"wrote {out.with_suffix('.md')}")
+    _, md_path = provenance.write_results(out, results, markdown(results), indent=1)
+    print(f"wrote {md_path}")
     return 0
 
 

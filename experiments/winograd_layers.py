@@ -15,7 +15,6 @@ machine and commit (:mod:`deepgaze_jax.provenance`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -132,10 +131,8 @@ def main(argv=None) -> int:
     results = provenance.stamped(results, provenance.stamp(provenance.command("experiments/winograd_layers.py", argv),
                                                            commit))
     out = args.out or REPO / "experiments" / "results" / f"winograd_layers_{args.arch}_{args.size}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(results))
-    print(f"wrote {out.with_suffix('.md')}")
+    _, md_path = provenance.write_results(out, results, markdown(results), indent=1)
+    print(f"wrote {md_path}")
     return 0
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy.special import logsumexp
 
-from deepgaze_jax import benchmark_export, metric_maps
+from deepgaze_jax import metric_maps
 from deepgaze_jax.benchmark_export import ExportError, ExportSettings, export_benchmark
 from deepgaze_jax.cli import main
 from deepgaze_jax.images import load_image
@@ -221,16 +221,6 @@ def test_maps_none_writes_the_probabilistic_submission_alone(small, tmp_path, ca
     with pytest.raises(SystemExit):
         main(["export-benchmark", str(small), "--out", str(out), "--maps", "AUC,IG"])
     assert "expected all, none or a comma-separated list" in capsys.readouterr().err
-
-
-def test_an_interrupted_write_leaves_no_half_file(tmp_path, monkeypatch):
-    def interrupted(src, dst):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(benchmark_export.os, "replace", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        benchmark_export._write_atomic(tmp_path / "AUC" / "x.npy", b"\x93NUMPY" + bytes(1000))
-    assert list((tmp_path / "AUC").iterdir()) == []
 
 
 def test_the_optimal_sim_map_is_metric_maps(small, tmp_path, deepgaze1):

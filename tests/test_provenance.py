@@ -64,3 +64,21 @@ def test_metrics_files_are_stamped_when_a_stamp_is_given(tmp_path):
     assert md_path.read_text().split("\n")[2] == provenance.markdown_line(stamp)
     plain_json, plain_md = result.write(tmp_path, stem="plain")
     assert "commit" not in json.loads(plain_json.read_text()) and "Command:" not in plain_md.read_text()
+
+
+def test_results_are_written_as_a_stamped_json_and_markdown_pair(tmp_path):
+    stamp = provenance.stamp("python experiments/x.py", "abc")
+    json_path, md_path = provenance.write_results(tmp_path / "new" / "x_1.5", {"LL": 2.0, "commit": "stale"},
+                                                  "# X\n\n| a |\n", stamp=stamp)
+    assert (json_path.name, md_path.name) == ("x_1.5.json", "x_1.5.md")  # dots in the name stay
+    doc = json.loads(json_path.read_text())
+    assert list(doc)[:4] == list(provenance.FIELDS) and doc["commit"] == "abc" and doc["LL"] == 2.0
+    assert md_path.read_text().split("\n")[:3] == ["# X", "", provenance.markdown_line(stamp)]
+
+
+def test_a_stem_with_the_json_or_md_suffix_names_the_same_pair_and_markdown_is_optional(tmp_path):
+    assert provenance.write_results(tmp_path / "x.md", {"a": 1}, "# X\n", indent=1) == (tmp_path / "x.json",
+                                                                                        tmp_path / "x.md")
+    assert (tmp_path / "x.json").read_text() == '{\n "a": 1\n}\n'
+    assert provenance.write_results(tmp_path / "y.json", {"a": 1}) == (tmp_path / "y.json", None)
+    assert not (tmp_path / "y.md").exists()
