@@ -128,8 +128,8 @@ def main() -> None:
         "mass_per_step": masses,
     }
     out = pathlib.Path(args.out)
-    provenance.write_results(out, results, markdown(results), stamp=stamp)
-    draw(out.with_suffix(".png"), image_u8, edited_u8, before, after_u8, mask, (x0, y0, x1, y1), results)
+    _, md_path = provenance.write_results(out, results, markdown(results), stamp=stamp)
+    draw(md_path.with_suffix(".png"), image_u8, edited_u8, before, after_u8, mask, (x0, y0, x1, y1), results)
     print(provenance.markdown_line(stamp))
     print(f"attention mass in the region {results['mass_before']:.3f} -> {results['mass_after_uint8']:.3f} "
           f"({args.steps} steps, {run_s:.1f} s after {compile_s:.1f} s compilation); PSNR "
